@@ -1,0 +1,178 @@
+"""The Faust application: topics, tables, agents and web pages of a worker.
+
+Agents are thin loops: decode → call the transport-free core in ``models`` → send. All
+state a restart must survive lives in changelog-backed tables (profiles, co-occurrence
+rows) or in Redis; nothing important is only in process memory.
+
+Processing guarantee: at-least-once. Faust flushes the producer (every send and every
+changelog write) before it commits consumer offsets, so a crash replays events rather
+than losing them; replays are made harmless by the per-user event-id window in the
+profile (see ``models.profile``) and by deterministic decision ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+from aiohttp import web as aiohttp_web
+
+from models.events import Rejection, decode_event
+from models.profile import Profile, ProfileConfig, update
+from streams import metrics
+from streams.codecs import dlq_record
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """One nudgestream worker process: the Faust app and what its agents share."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.profile_config = ProfileConfig(half_life_s=settings.profile_half_life_s)
+        self.app = _faust_app(settings)
+        self.topics = settings.topics
+        self._topic_types = {name: t for t, name in self.topics.events.items()}
+        self.events_topic = self.app.topic(*self.topics.events.values())
+        self.dlq_topic = self.app.topic(self.topics.dlq)
+        self.profiles = self.app.Table("profiles", partitions=settings.partitions)
+        self.app.agent(self.events_topic, name="ingest")(self._ingest)
+        self.app.timer(5.0)(self._refresh_gauges)
+        self._add_pages()
+
+    # --- agents --------------------------------------------------------------------
+
+    async def _ingest(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            await self.handle_event_message(
+                message.topic, message.partition, message.offset, message.key, message.value
+            )
+
+    async def handle_event_message(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        now = time.time()
+        decoded = decode_event(
+            value or b"",
+            now=now,
+            expected_type=self._topic_types.get(topic),
+            max_bytes=self.settings.max_event_bytes,
+            max_future_skew_s=self.settings.max_future_skew_s,
+        )
+        if isinstance(decoded, Rejection):
+            await self._dead_letter(decoded, key, value, topic, partition, offset, now)
+            return
+        user_key = decoded.user_id.encode()
+        if key != user_key:
+            # Per-user state needs every event of a user on one partition: re-key it
+            # instead of processing it on the wrong partition (or dropping it).
+            await self.app.topic(topic).send(key=user_key, value=value)
+            return
+        stored = self.profiles.get(decoded.user_id)
+        profile = Profile.from_bytes(stored) if stored is not None else None
+        profile, applied = update(profile, decoded, now, self.profile_config)
+        if not applied:
+            metrics.EVENTS_DUPLICATE.inc()
+            return
+        self.profiles[decoded.user_id] = profile.to_bytes()
+        metrics.CONSUMED_BY_TYPE[decoded.type].inc()
+        metrics.EVENT_LAG.observe(max(0.0, time.time() - decoded.ts))
+
+    async def _dead_letter(
+        self,
+        rejection: Rejection,
+        key: bytes | None,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        now: float,
+    ) -> None:
+        record = dlq_record(
+            rejection,
+            value=value,
+            key=key,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            rejected_at=now,
+        )
+        await self.dlq_topic.send(key=key, value=record)
+        metrics.REJECTED_BY_REASON[rejection.reason].inc()
+
+    # --- housekeeping --------------------------------------------------------------
+
+    async def _refresh_gauges(self) -> None:
+        metrics.PROFILES.set(len(self.profiles))
+        consumer = self.app.consumer
+        lag: dict[str, int] = {}
+        for tp in consumer.assignment():
+            committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
+            if committed is None:
+                continue
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, consumer.highwater(tp) - committed)
+        for topic, value in lag.items():
+            metrics.CONSUMER_LAG.labels(topic=topic).set(value)
+
+    def _add_pages(self) -> None:
+        app = self.app
+
+        @app.page("/metrics")
+        async def prometheus(web: Any, request: Any) -> Any:
+            return aiohttp_web.Response(
+                body=metrics.exposition(), content_type="text/plain", charset="utf-8"
+            )
+
+        @app.page("/healthz")
+        async def healthz(web: Any, request: Any) -> Any:
+            return web.json({"status": "ok"})
+
+        @app.page("/readyz")
+        async def readyz(web: Any, request: Any) -> Any:
+            ready = app.rebalancing is False and app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+            return web.json({"ready": ready}, status=200 if ready else 503)
+
+
+def _faust_app(settings: Settings) -> faust.App:
+    store = "rocksdb://" if settings.store == "rocksdb" else "memory://"
+    return faust.App(
+        settings.app_id,
+        broker=settings.broker_urls,
+        broker_credentials=_credentials(settings),
+        store=store,
+        datadir=str(settings.data_dir),
+        autodiscover=False,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        processing_guarantee="at_least_once",
+        table_standby_replicas=0,
+        web_in_thread=False,
+    )
+
+
+def _credentials(settings: Settings) -> Any:
+    """Faust's form of the same security settings the aiokafka clients use."""
+    kwargs = settings.aiokafka_kwargs()
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(kwargs["ssl_context"])
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password,
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=kwargs.get("ssl_context"),
+    )

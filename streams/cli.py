@@ -1,0 +1,149 @@
+"""``nudgestream`` — the one console script, with subcommands.
+
+Run ``nudgestream --help`` for the list and ``nudgestream COMMAND --help`` for each.
+Configuration comes from ``NUDGESTREAM_*`` environment variables (``nudgestream config``
+lists them); a bad value stops the command with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from streams import settings as settings_module
+from streams.settings import ConfigError, Settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"nudgestream: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nudgestream",
+        description="Real-time interest segments, item co-occurrence and rate-limited push "
+        "decisions on Kafka (Faust) and Redis.",
+        epilog="Settings come from NUDGESTREAM_* environment variables: see `nudgestream config`.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    services = _command(
+        commands,
+        "services",
+        _services,
+        "start/stop the local Kafka (KRaft) broker and Redis server on loopback",
+    )
+    services.add_argument("action", choices=["up", "down", "status"])
+
+    _command(commands, "config", _config, "list every setting, its variable and default")
+
+    topics = _command(commands, "topics", _topics, "create all topics (idempotent)")
+    topics.add_argument("action", choices=["create"])
+
+    _command(
+        commands,
+        "worker",
+        _worker,
+        "run a stream-processing worker (Faust); serves /metrics, /healthz, /readyz",
+    )
+
+    from load.cli import add_demo_arguments, add_produce_arguments
+
+    produce = _command(
+        commands, "produce", _produce, "produce synthetic or real-log events to the event topics"
+    )
+    add_produce_arguments(produce)
+    demo = _command(
+        commands,
+        "demo",
+        _demo,
+        "the main job: local Kafka + Redis + a worker + a realistic event stream, "
+        "with a live summary; bounded (about a minute) unless --forever",
+    )
+    add_demo_arguments(demo)
+    return parser
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Handler,
+    help_text: str,
+) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def load_settings() -> Settings:
+    return settings_module.load()
+
+
+def _services(args: argparse.Namespace) -> int:
+    from streams import services
+
+    local = services.LocalServices.from_env()
+    try:
+        if args.action == "up":
+            services.up(local)
+        elif args.action == "down":
+            services.down(local)
+        else:
+            print(json.dumps(services.status(local), indent=2))
+    except services.ServiceError as exc:
+        print(f"nudgestream services: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    for variable, default, meaning in settings_module.describe():
+        print(f"{variable:40} default {default!r:28} {meaning}")
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from streams.admin import create_topics
+
+    result = asyncio.run(create_topics(load_settings()))
+    for name, state in result.items():
+        print(f"{name:32} {state}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(load_settings())
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from load.cli import run_produce
+
+    return run_produce(args, load_settings())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from load.cli import run_demo
+
+    return run_demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

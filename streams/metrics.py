@@ -1,0 +1,154 @@
+"""Prometheus metrics of a nudgestream worker (served at ``/metrics``).
+
+Names follow the Prometheus conventions: ``nudgestream_`` prefix, ``_total`` for
+counters, base units (seconds, bytes) in the name. Label values come from bounded sets
+(event types, reject reasons, triggers, segment ids); user ids never appear in labels.
+
+Children for known label values are created up front, so every series exists (at 0)
+from the first scrape: alerts on ``rate()`` need the series before the first event, and
+the hot path then pays for a cached child (~0.7 µs) instead of ``.labels()`` (~3 µs).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from models.events import EventType, RejectReason
+
+# `_created` series double the exposition for no use on dashboards or alerts.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+EVENTS_CONSUMED = Counter(
+    "nudgestream_events_consumed_total",
+    "Valid events processed, by event type.",
+    ["type"],
+    registry=REGISTRY,
+)
+EVENTS_REJECTED = Counter(
+    "nudgestream_events_rejected_total",
+    "Malformed events sent to the dead-letter topic, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+EVENTS_DUPLICATE = Counter(
+    "nudgestream_events_duplicate_total",
+    "Events skipped because their event_id was already processed for the user.",
+    registry=REGISTRY,
+)
+EVENT_LAG = Histogram(
+    "nudgestream_event_lag_seconds",
+    "Time from an event's timestamp to the end of its processing.",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+PROFILES = Gauge(
+    "nudgestream_profiles",
+    "User profiles held by this worker's active partitions.",
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "nudgestream_consumer_lag_messages",
+    "Messages not yet processed by this worker, by topic (sum over its partitions).",
+    ["topic"],
+    registry=REGISTRY,
+)
+COOC_PAIRS = Counter(
+    "nudgestream_cooc_pair_increments_total",
+    "Co-occurrence pair increments applied to item rows.",
+    registry=REGISTRY,
+)
+COOC_ROWS = Gauge(
+    "nudgestream_cooc_rows",
+    "Item co-occurrence rows held by this worker.",
+    registry=REGISTRY,
+)
+RELATED_WRITES = Counter(
+    "nudgestream_related_items_writes_total",
+    "Top-K related-item lists written to Redis.",
+    registry=REGISTRY,
+)
+DECISIONS = Counter(
+    "nudgestream_decisions_total",
+    "Push decisions by trigger and outcome (pushed, suppressed, holdout, deferred).",
+    ["trigger", "outcome"],
+    registry=REGISTRY,
+)
+SUPPRESSED = Counter(
+    "nudgestream_suppressed_total",
+    "Push decisions not sent, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+DECISION_LATENCY = Histogram(
+    "nudgestream_decision_latency_seconds",
+    "Time from the triggering event's timestamp to the decision being published.",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+REDIS_UP = Gauge(
+    "nudgestream_redis_up",
+    "1 while the last Redis call succeeded, 0 while Redis is unreachable.",
+    registry=REGISTRY,
+)
+REDIS_ERRORS = Counter(
+    "nudgestream_redis_errors_total",
+    "Redis calls that failed (the decision path fails closed on them).",
+    ["operation"],
+    registry=REGISTRY,
+)
+SEGMENT_SNAPSHOT_VERSION = Gauge(
+    "nudgestream_segment_snapshot_version",
+    "Version of the segment snapshot this worker assigns with (0: warming up).",
+    registry=REGISTRY,
+)
+SEGMENT_SNAPSHOT_TIMESTAMP = Gauge(
+    "nudgestream_segment_snapshot_timestamp_seconds",
+    "Creation time (Unix seconds) of the segment snapshot in use.",
+    registry=REGISTRY,
+)
+SEGMENT_USERS = Gauge(
+    "nudgestream_segment_users",
+    "Users assigned to each segment by this worker (latest assignment per user).",
+    ["segment"],
+    registry=REGISTRY,
+)
+SEGMENT_K = Gauge(
+    "nudgestream_segment_k",
+    "Number of segments chosen by the quality criterion in the latest snapshot.",
+    registry=REGISTRY,
+)
+SEGMENT_QUALITY = Gauge(
+    "nudgestream_segment_quality",
+    "Quality scores of the latest snapshot (silhouette, calinski_harabasz, davies_bouldin).",
+    ["criterion"],
+    registry=REGISTRY,
+)
+SEGMENT_MICRO_CLUSTERS = Gauge(
+    "nudgestream_segment_micro_clusters",
+    "CluStream micro-clusters in the trainer.",
+    registry=REGISTRY,
+)
+SEGMENT_LEARNED = Counter(
+    "nudgestream_segment_vectors_learned_total",
+    "Profile vectors learnt by the segment trainer.",
+    registry=REGISTRY,
+)
+
+#: Cached children for the per-event path.
+CONSUMED_BY_TYPE = {t: EVENTS_CONSUMED.labels(type=t.value) for t in EventType}
+REJECTED_BY_REASON = {r: EVENTS_REJECTED.labels(reason=r.value) for r in RejectReason}
+
+
+def exposition() -> bytes:
+    """The text exposition format of every nudgestream metric."""
+    return generate_latest(REGISTRY)

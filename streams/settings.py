@@ -1,0 +1,244 @@
+"""Typed settings, parsed once from ``NUDGESTREAM_*`` environment variables.
+
+Every setting has a documented default that works with ``nudgestream services up`` on
+this machine. A bad value stops the process at start with a :class:`ConfigError` naming
+the variable and the expected form, never later in the middle of a stream.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from streams.topics import Topics
+
+PREFIX = "NUDGESTREAM_"
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the program cannot use."""
+
+
+def _env(name: str, default: str, doc: str) -> Any:
+    return field(default=default, metadata={"env": PREFIX + name, "doc": doc})
+
+
+@dataclass(frozen=True)
+class RawSettings:
+    """The environment as strings; see :class:`Settings` for the parsed form."""
+
+    kafka_bootstrap: str = _env("KAFKA_BOOTSTRAP", "127.0.0.1:19092", "host:port[,host:port...]")
+    kafka_security_protocol: str = _env(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: str = _env("KAFKA_SASL_MECHANISM", "PLAIN", "PLAIN or SCRAM-SHA-256/512")
+    kafka_sasl_username: str = _env("KAFKA_SASL_USERNAME", "", "SASL user name")
+    kafka_sasl_password: str = _env("KAFKA_SASL_PASSWORD", "", "SASL password (secret)")
+    kafka_ssl_cafile: str = _env("KAFKA_SSL_CAFILE", "", "path to a PEM CA bundle")
+    redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:16379/0", "redis:// or rediss:// URL")
+    app_id: str = _env("APP_ID", "nudgestream", "consumer group and table prefix")
+    topic_prefix: str = _env("TOPIC_PREFIX", "", "prefix of every topic name (may be empty)")
+    partitions: str = _env("PARTITIONS", "4", "partitions of the event topics (integer >= 1)")
+    replication: str = _env("REPLICATION", "1", "replication factor of created topics")
+    store: str = _env("STORE", "memory", "table store: memory or rocksdb")
+    data_dir: str = _env("DATA_DIR", "./nudgestream-data", "folder for table state")
+    web_host: str = _env("WEB_HOST", "127.0.0.1", "address of the metrics web server")
+    web_port: str = _env("WEB_PORT", "6066", "port of the metrics web server (1-65535)")
+    log_level: str = _env("LOG_LEVEL", "info", "debug, info, warning or error")
+    max_event_bytes: str = _env("MAX_EVENT_BYTES", "4096", "largest accepted event (bytes)")
+    max_future_skew_s: str = _env("MAX_FUTURE_SKEW_S", "300", "future event-time tolerance (s)")
+    profile_half_life_s: str = _env("PROFILE_HALF_LIFE_S", "21600", "interest half-life (s)")
+    pseudonym_key: str = _env("PSEUDONYM_KEY", "", "secret key for user pseudonyms in logs")
+    default_tz: str = _env("DEFAULT_TZ", "UTC", "IANA zone for users without one")
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: tuple[str, ...]
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str
+    kafka_sasl_password: str
+    kafka_ssl_cafile: Path | None
+    redis_url: str
+    app_id: str
+    topic_prefix: str
+    partitions: int
+    replication: int
+    store: str
+    data_dir: Path
+    web_host: str
+    web_port: int
+    log_level: str
+    max_event_bytes: int
+    max_future_skew_s: float
+    profile_half_life_s: float
+    pseudonym_key: bytes
+    default_tz: str
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @property
+    def broker_urls(self) -> list[str]:
+        return [f"kafka://{hostport}" for hostport in self.kafka_bootstrap]
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Connection arguments for aiokafka clients (producer, consumer, admin)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": list(self.kafka_bootstrap),
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            kwargs["ssl_context"] = ssl.create_default_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+            )
+        if self.kafka_security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = self.kafka_sasl_password
+        return kwargs
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to log: secrets are replaced by ``***``."""
+        secret = {"kafka_sasl_password", "pseudonym_key"}
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.name in secret and value else str(value)
+        return out
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for ``--help`` and the docs."""
+    return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(RawSettings)]
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse settings from ``environ`` (default: the process environment)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, str] = {
+        f.name: environ.get(f.metadata["env"], str(f.default)) for f in fields(RawSettings)
+    }
+    raw = RawSettings(**values)
+    return Settings(
+        kafka_bootstrap=_parse("KAFKA_BOOTSTRAP", raw.kafka_bootstrap, _hostports),
+        kafka_security_protocol=_choice(
+            "KAFKA_SECURITY_PROTOCOL",
+            raw.kafka_security_protocol.upper(),
+            ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        ),
+        kafka_sasl_mechanism=_choice(
+            "KAFKA_SASL_MECHANISM",
+            raw.kafka_sasl_mechanism.upper(),
+            ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+        ),
+        kafka_sasl_username=raw.kafka_sasl_username,
+        kafka_sasl_password=raw.kafka_sasl_password,
+        kafka_ssl_cafile=_parse("KAFKA_SSL_CAFILE", raw.kafka_ssl_cafile, _optional_file),
+        redis_url=_parse("REDIS_URL", raw.redis_url, _redis_url),
+        app_id=_parse("APP_ID", raw.app_id, _name),
+        topic_prefix=_parse("TOPIC_PREFIX", raw.topic_prefix, _prefix),
+        partitions=_parse("PARTITIONS", raw.partitions, _int_between(1, 1024)),
+        replication=_parse("REPLICATION", raw.replication, _int_between(1, 16)),
+        store=_choice("STORE", raw.store.lower(), ("memory", "rocksdb")),
+        data_dir=Path(raw.data_dir),
+        web_host=raw.web_host,
+        web_port=_parse("WEB_PORT", raw.web_port, _int_between(1, 65535)),
+        log_level=_choice(
+            "LOG_LEVEL", raw.log_level.lower(), ("debug", "info", "warning", "error")
+        ),
+        max_event_bytes=_parse("MAX_EVENT_BYTES", raw.max_event_bytes, _int_between(256, 1 << 20)),
+        max_future_skew_s=_parse("MAX_FUTURE_SKEW_S", raw.max_future_skew_s, _positive_float),
+        profile_half_life_s=_parse("PROFILE_HALF_LIFE_S", raw.profile_half_life_s, _positive_float),
+        pseudonym_key=raw.pseudonym_key.encode(),
+        default_tz=_parse("DEFAULT_TZ", raw.default_tz, _zone),
+    )
+
+
+def _parse(name: str, text: str, parser: Callable[[str], T]) -> T:
+    try:
+        return parser(text)
+    except (ValueError, TypeError) as exc:
+        meaning = next(
+            f.metadata["doc"] for f in fields(RawSettings) if f.metadata["env"] == PREFIX + name
+        )
+        raise ConfigError(
+            f"{PREFIX}{name}={text!r} is invalid: {exc}; expected {meaning}"
+        ) from None
+
+
+def _choice(name: str, text: str, allowed: tuple[str, ...]) -> str:
+    if text not in allowed:
+        raise ConfigError(
+            f"{PREFIX}{name}={text!r} is invalid; expected one of {', '.join(allowed)}"
+        )
+    return text
+
+
+def _hostports(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not parts:
+        raise ValueError("empty")
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r} is not host:port")
+    return parts
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return text
+
+
+def _name(text: str) -> str:
+    if not text or not all(c.isalnum() or c in "-_." for c in text):
+        raise ValueError("use letters, digits, '-', '_' or '.'")
+    return text
+
+
+def _prefix(text: str) -> str:
+    return _name(text) if text else text
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _optional_file(text: str) -> Path | None:
+    if not text:
+        return None
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError("no such file")
+    return path
+
+
+def _zone(text: str) -> str:
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone ({exc})") from None
+    return text

@@ -1,0 +1,25 @@
+"""Running a worker process: logging, settings echo and Faust's worker loop."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from streams.app import Worker
+from streams.settings import Settings
+
+log = logging.getLogger("nudgestream")
+
+
+def run_worker(settings: Settings) -> int:
+    worker = Worker(settings)
+    log.info("nudgestream worker settings: %s", settings.redacted())
+    faust_worker = faust.Worker(
+        worker.app,
+        loglevel=settings.log_level.upper(),
+        # Faust's spinner and colour codes garble logs collected by containers.
+        quiet=True,
+    )
+    faust_worker.execute_from_commandline()  # returns only through SystemExit
+    return 0

@@ -1,0 +1,34 @@
+"""Fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: Real public event logs live beside the checkout, never inside it (licences differ).
+SHARED_DATA = Path(os.environ.get("NUDGESTREAM_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real event logs (see ../shared/data/README.md).
+
+    Outside CI a missing folder skips the test with a message saying what is missing;
+    in CI it is an error, so a green CI run always includes the quality checks.
+    """
+    if not (SHARED_DATA / "rees46-3h-dev.csv").exists():
+        message = (
+            f"real event logs not found in {SHARED_DATA}: set NUDGESTREAM_SHARED_DATA "
+            "to the folder holding rees46-3h-dev.csv"
+        )
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_DATA
