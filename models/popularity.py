@@ -28,8 +28,8 @@ pruning in batches (``keep`` is 3/4 of the capacity) makes it amortised O(1).
 >>> pop = Popularity(PopularityConfig(half_life_s=3600.0))
 >>> for n, (item, cat) in enumerate([("a", "toys"), ("b", "toys"), ("b", "toys"), ("c", "tea")]):
 ...     pop.learn_one(Event(f"e{n}", EventType.VIEW, "u1", item, 1000.0 + n, cat), segment=7)
->>> [item for item, _ in pop.top(2)]
-['b', 'a']
+>>> [item for item, _ in pop.top(2)]  # "c" is as frequent as "a" but more recent
+['b', 'c']
 >>> [item for item, _ in pop.top(3, category="tea", exclude={"b"})]
 ['c', 'a']
 """

@@ -28,6 +28,11 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
+RAW_SCHEMA = faust.Schema(
+    key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+)
+
+
 class Worker:
     """One nudgestream worker process: the Faust app and what its agents share."""
 
@@ -39,7 +44,11 @@ class Worker:
         self._topic_types = {name: t for t, name in self.topics.events.items()}
         self.events_topic = self.app.topic(*self.topics.events.values())
         self.dlq_topic = self.app.topic(self.topics.dlq)
-        self.profiles = self.app.Table("profiles", partitions=settings.partitions)
+        # Keys are the user id's UTF-8 bytes and values the encoded profile, both "raw":
+        # what recovery reads back from the changelog is exactly what was written.
+        self.profiles = self.app.Table(
+            "profiles", partitions=settings.partitions, schema=RAW_SCHEMA
+        )
         self.app.agent(self.events_topic, name="ingest")(self._ingest)
         self.app.timer(5.0)(self._refresh_gauges)
         self._add_pages()
@@ -73,13 +82,13 @@ class Worker:
             # instead of processing it on the wrong partition (or dropping it).
             await self.app.topic(topic).send(key=user_key, value=value)
             return
-        stored = self.profiles.get(decoded.user_id)
+        stored = self.profiles.get(user_key)
         profile = Profile.from_bytes(stored) if stored is not None else None
         profile, applied = update(profile, decoded, now, self.profile_config)
         if not applied:
             metrics.EVENTS_DUPLICATE.inc()
             return
-        self.profiles[decoded.user_id] = profile.to_bytes()
+        self.profiles[user_key] = profile.to_bytes()
         metrics.CONSUMED_BY_TYPE[decoded.type].inc()
         metrics.EVENT_LAG.observe(max(0.0, time.time() - decoded.ts))
 

@@ -1,0 +1,430 @@
+"""Send event streams to Kafka at a target rate, or replay a real log in scaled time.
+
+Two entry points share one send loop:
+
+* :func:`produce` sends any iterable of :class:`~load.generator.GeneratedEvent` (for
+  example :func:`load.generator.generate_events`) either as fast as possible or at a
+  target rate paced by a :class:`TokenBucket`.
+* :func:`replay_log` reads a CSV log (see :mod:`models.logfile`) and sends it as fast as
+  possible or time-scaled by :class:`ReplaySchedule` (``speed=60`` plays an hour in a
+  minute).
+
+Both stop at ``duration`` seconds or ``count`` messages, whichever comes first, report
+progress about once a second, and flush and close the producer on every way out,
+cancellation included. Delivery is counted when the broker acknowledges it (``acks="all"``
+with an idempotent producer), so ``sent`` never counts a message that was lost.
+
+Timestamps in a replayed log are years old. The worker accepts old events (it rejects only
+those from the future or before 2000), but time-decayed profiles, rate limits and quiet
+hours then run in the log's time. ``rewrite_ts=True`` stamps each event with the wall
+clock when it is sent instead, so a live worker sees a live stream. With ``speed`` above 1
+that compresses every gap by ``speed``: sessions, decay and rate limits play out faster in
+event time too. Shifting timestamps by a constant would keep the gaps but put events up to
+``duration * (speed - 1)`` seconds into the future, beyond the worker's skew tolerance.
+
+The pacing logic is pure and takes the time as an argument:
+
+>>> bucket = TokenBucket(rate=1000.0, now=0.0)
+>>> bucket.take(now=0.010, limit=100)
+10
+>>> schedule = ReplaySchedule(speed=60.0)
+>>> [schedule.due_s(ts) for ts in (600.0, 660.0, 630.0, 1260.0)]
+[0.0, 1.0, 1.0, 11.0]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from load.generator import GeneratedEvent, topic_for
+from models.events import Event
+from models.logfile import BadRow, open_events
+
+#: Producer settings for throughput without giving up durability or ordering per key.
+DEFAULT_PRODUCER_OPTIONS: Final[Mapping[str, Any]] = {
+    "acks": "all",
+    "enable_idempotence": True,
+    "linger_ms": 5,
+    "max_batch_size": 256 * 1024,
+    "client_id": "nudgestream-load",
+}
+#: Messages taken from the source between checks of the limits and the pacer.
+MAX_CHUNK: Final = 1000
+#: A paced sender sleeps at least this long; shorter sleeps cost more than they pace.
+MIN_SLEEP_S: Final = 0.001
+#: Longest sleep between checks of ``duration`` while a replay waits for its next event.
+MAX_IDLE_SLEEP_S: Final = 0.1
+#: A replay shortens longer stretches of log time without events to this (see ReplaySchedule).
+DEFAULT_MAX_GAP_S: Final = 3600.0
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressReport:
+    sent: int
+    errors: int
+    elapsed_s: float
+    #: Acknowledged messages per second since the previous report.
+    recent_rate: float
+
+    @property
+    def average_rate(self) -> float:
+        return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProduceSummary:
+    sent: int
+    errors: int
+    per_topic: dict[str, int]
+    malformed_sent: int
+    elapsed_s: float
+    #: Source rows that could not be turned into a message (unparsable log rows).
+    skipped: int = 0
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+ProgressCallback = Callable[[ProgressReport], None]
+
+
+class TokenBucket:
+    """Grants whole messages at ``rate`` per second; idle time banks at most ``burst``.
+
+    Tokens accrue continuously and are handed out in whole numbers, so the long-run grant
+    count is ``floor(rate * elapsed)`` however coarse the caller's sleeps are, as long as
+    no sleep overshoots by more than ``burst / rate`` seconds.
+    """
+
+    __slots__ = ("_tokens", "_updated", "burst", "rate")
+
+    def __init__(self, rate: float, *, now: float, burst: float | None = None) -> None:
+        if not rate > 0 or not math.isfinite(rate):
+            raise ValueError("rate must be a positive number")
+        self.rate = rate
+        # A tenth of a second of traffic absorbs event-loop hiccups without a visible spike.
+        self.burst = burst if burst is not None else max(1.0, rate * 0.1)
+        if self.burst < 1:
+            raise ValueError("burst must be >= 1")
+        self._tokens = 0.0
+        self._updated = now
+
+    def take(self, now: float, limit: int) -> int:
+        """Consume and return up to ``limit`` whole tokens available at ``now``."""
+        self._refill(now)
+        granted = min(int(self._tokens), limit)
+        self._tokens -= granted
+        return granted
+
+    def wait_s(self, now: float, want: int) -> float:
+        """Seconds from ``now`` until ``want`` tokens (at most ``burst``) are available."""
+        self._refill(now)
+        missing = min(float(want), self.burst) - self._tokens
+        return max(0.0, missing / self.rate)
+
+    def _refill(self, now: float) -> None:
+        if now > self._updated:
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+
+
+class ReplaySchedule:
+    """When, in seconds after the replay starts, each logged event is due.
+
+    Log time runs ``speed`` times faster than the wall clock. The schedule follows the
+    latest timestamp seen, so a late (out-of-order) event is due at once instead of
+    rewinding the replay, and a jump forward longer than ``max_gap_s`` of log time is
+    shortened to it: one dirty timestamp months before the rest of a log must not stall
+    the replay for days. ``speed=None`` makes everything due at once.
+    """
+
+    __slots__ = ("_due", "_log_now", "max_gap_s", "speed")
+
+    def __init__(self, speed: float | None, *, max_gap_s: float = DEFAULT_MAX_GAP_S) -> None:
+        if speed is not None and not speed > 0:
+            raise ValueError("speed must be > 0 (or None for as fast as possible)")
+        if not max_gap_s >= 0:
+            raise ValueError("max_gap_s must be >= 0")
+        self.speed = speed
+        self.max_gap_s = max_gap_s
+        self._log_now: float | None = None
+        self._due = 0.0
+
+    def due_s(self, ts: float) -> float:
+        if self.speed is None:
+            return 0.0
+        if self._log_now is not None and ts > self._log_now:
+            self._due += min(ts - self._log_now, self.max_gap_s) / self.speed
+        if self._log_now is None or ts > self._log_now:
+            self._log_now = ts
+        return self._due
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Counts acknowledgements as the producer's delivery futures resolve."""
+
+    sent: int = 0
+    errors: int = 0
+    malformed_sent: int = 0
+    per_topic: Counter[str] = field(default_factory=Counter)
+    pending: set[asyncio.Future[Any]] = field(default_factory=set)
+
+    def track(self, future: asyncio.Future[Any], record: GeneratedEvent) -> None:
+        self.pending.add(future)
+        future.add_done_callback(partial(self._settled, record))
+
+    def _settled(self, record: GeneratedEvent, future: asyncio.Future[Any]) -> None:
+        self.pending.discard(future)
+        if future.cancelled() or future.exception() is not None:
+            self.errors += 1
+            return
+        self.sent += 1
+        self.per_topic[record.topic] += 1
+        if record.malformed_reason is not None:
+            self.malformed_sent += 1
+
+    async def settle(self) -> None:
+        if self.pending:
+            await asyncio.wait(list(self.pending))
+
+    def summary(self, elapsed_s: float, skipped: int = 0) -> ProduceSummary:
+        return ProduceSummary(
+            sent=self.sent,
+            errors=self.errors,
+            per_topic=dict(self.per_topic),
+            malformed_sent=self.malformed_sent,
+            elapsed_s=elapsed_s,
+            skipped=skipped,
+        )
+
+
+async def produce(
+    source: Iterable[GeneratedEvent],
+    *,
+    bootstrap: str | Iterable[str],
+    rate: float | None = None,
+    duration: float | None = None,
+    count: int | None = None,
+    progress: ProgressCallback | None = None,
+    producer_options: Mapping[str, Any] | None = None,
+) -> ProduceSummary:
+    """Send ``source`` at ``rate`` messages/s (None: as fast as possible).
+
+    Stops when the source ends, after ``duration`` seconds or after ``count`` messages.
+    ``producer_options`` override :data:`DEFAULT_PRODUCER_OPTIONS` (security settings go
+    here). ``progress`` is called about once a second and once at the end.
+    """
+    chunks = _paced_chunks(iter(source), rate, time.monotonic)
+    return await _send_all(
+        chunks,
+        bootstrap=bootstrap,
+        duration=duration,
+        count=count,
+        progress=progress,
+        producer_options=producer_options,
+    )
+
+
+async def replay_log(
+    path: str | Path,
+    *,
+    bootstrap: str | Iterable[str],
+    speed: float | None = None,
+    rewrite_ts: bool = False,
+    max_gap_s: float = DEFAULT_MAX_GAP_S,
+    duration: float | None = None,
+    count: int | None = None,
+    progress: ProgressCallback | None = None,
+    producer_options: Mapping[str, Any] | None = None,
+) -> ProduceSummary:
+    """Replay a CSV event log; ``speed`` scales time (None: as fast as possible).
+
+    ``rewrite_ts`` stamps each event with the wall clock at sending (see the module
+    docstring for why and what it changes). Unparsable rows are counted as ``skipped``.
+    """
+    replay = _LogReplay(
+        open_events(path), ReplaySchedule(speed, max_gap_s=max_gap_s), rewrite_ts=rewrite_ts
+    )
+    summary = await _send_all(
+        replay.chunks(time.monotonic, time.time),
+        bootstrap=bootstrap,
+        duration=duration,
+        count=count,
+        progress=progress,
+        producer_options=producer_options,
+    )
+    return dataclasses.replace(summary, skipped=replay.skipped)
+
+
+def record_for(event: Event) -> GeneratedEvent:
+    """The message for a valid event: its type's topic, keyed by user id."""
+    return GeneratedEvent(topic_for(event.type), event.user_id.encode(), event.to_bytes())
+
+
+async def _paced_chunks(
+    records: Iterator[GeneratedEvent], rate: float | None, clock: Clock
+) -> AsyncIterator[list[GeneratedEvent]]:
+    bucket = TokenBucket(rate, now=clock()) if rate is not None else None
+    # Wake up for at least a millisecond's worth of messages, never for a single one at 50k/s.
+    want = max(1, math.ceil((rate or 0.0) * MIN_SLEEP_S))
+    while True:
+        size = MAX_CHUNK
+        if bucket is not None:
+            size = bucket.take(clock(), MAX_CHUNK)
+            if size == 0:
+                await asyncio.sleep(max(MIN_SLEEP_S, bucket.wait_s(clock(), want)))
+                continue
+        chunk = list(itertools.islice(records, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+class _LogReplay:
+    """Turns log rows into chunks of messages that are due, sleeping until they are."""
+
+    def __init__(
+        self, rows: Iterator[Event | BadRow], schedule: ReplaySchedule, *, rewrite_ts: bool
+    ) -> None:
+        self._rows = rows
+        self._schedule = schedule
+        self._rewrite_ts = rewrite_ts
+        self._next: tuple[float, Event] | None = None
+        self.skipped = 0
+
+    async def chunks(self, clock: Clock, wall_clock: Clock) -> AsyncIterator[list[GeneratedEvent]]:
+        started = clock()
+        while True:
+            elapsed = clock() - started
+            chunk = self._due(elapsed, wall_clock)
+            if chunk:
+                yield chunk
+            elif self._next is None:
+                return
+            else:
+                await asyncio.sleep(min(self._next[0] - elapsed, MAX_IDLE_SLEEP_S))
+                yield []  # lets the sender check its duration during long waits
+
+    def _due(self, elapsed: float, wall_clock: Clock) -> list[GeneratedEvent]:
+        chunk: list[GeneratedEvent] = []
+        while len(chunk) < MAX_CHUNK:
+            upcoming = self._peek()
+            if upcoming is None or upcoming[0] > elapsed:
+                break
+            event = upcoming[1]
+            if self._rewrite_ts:
+                event = dataclasses.replace(event, ts=round(wall_clock(), 3))
+            chunk.append(record_for(event))
+            self._next = None
+        return chunk
+
+    def _peek(self) -> tuple[float, Event] | None:
+        while self._next is None:
+            row = next(self._rows, None)
+            if row is None:
+                return None
+            if isinstance(row, BadRow):
+                self.skipped += 1
+                continue
+            self._next = (self._schedule.due_s(row.ts), row)
+        return self._next
+
+
+async def _send_all(
+    chunks: AsyncIterator[list[GeneratedEvent]],
+    *,
+    bootstrap: str | Iterable[str],
+    duration: float | None,
+    count: int | None,
+    progress: ProgressCallback | None,
+    producer_options: Mapping[str, Any] | None,
+) -> ProduceSummary:
+    options = {**DEFAULT_PRODUCER_OPTIONS, **(producer_options or {})}
+    servers = bootstrap if isinstance(bootstrap, str) else list(bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=servers, **options)
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    tally = _Tally()
+    reporter = _Reporter(tally, progress, time.monotonic)
+    ticker = asyncio.create_task(reporter.every(1.0))
+    try:
+        queued = 0
+        async for chunk in chunks:
+            if duration is not None and reporter.elapsed_s() >= duration:
+                break
+            allowed = chunk if count is None else chunk[: count - queued]
+            queued += await _send_chunk(producer, allowed, tally)
+            if count is not None and queued >= count:
+                break
+            # Give the producer's sender task a turn even when no send had to wait.
+            await asyncio.sleep(0)
+        await producer.flush()
+        await tally.settle()
+    finally:
+        ticker.cancel()
+        # stop() flushes what is still buffered, also when we are being cancelled.
+        await producer.stop()
+    reporter.report()
+    return tally.summary(reporter.elapsed_s())
+
+
+async def _send_chunk(
+    producer: AIOKafkaProducer, chunk: list[GeneratedEvent], tally: _Tally
+) -> int:
+    for record in chunk:
+        try:
+            future = await producer.send(record.topic, record.value, key=record.key)
+        except KafkaError:
+            # Rejected before it left (buffer timeout, too large): counted, not fatal.
+            tally.errors += 1
+            continue
+        tally.track(future, record)
+    return len(chunk)
+
+
+class _Reporter:
+    """Hands progress to the callback: periodically while sending, and once at the end."""
+
+    def __init__(self, tally: _Tally, callback: ProgressCallback | None, clock: Clock) -> None:
+        self._tally = tally
+        self._callback = callback
+        self._clock = clock
+        self._started = self._last_time = clock()
+        self._last_sent = 0
+
+    def elapsed_s(self) -> float:
+        return self._clock() - self._started
+
+    def report(self) -> None:
+        if self._callback is None:
+            return
+        now = self._clock()
+        sent = self._tally.sent
+        recent_rate = (sent - self._last_sent) / max(now - self._last_time, 1e-9)
+        self._callback(ProgressReport(sent, self._tally.errors, now - self._started, recent_rate))
+        self._last_sent, self._last_time = sent, now
+
+    async def every(self, interval_s: float) -> None:
+        while self._callback is not None:
+            await asyncio.sleep(interval_s)
+            self.report()

@@ -1,0 +1,332 @@
+"""Streaming item co-occurrence: pair increments, decayed bounded rows, scoring, top-K.
+
+The pipeline, as the streaming agents run it (and :mod:`models.replay` offline):
+
+1. **Pairs** (user-partitioned side). After a user's event, :func:`pair_increments`
+   pairs the new item with the user's recent items that fall inside a window bounded
+   both in time (``window_s``) and in count (the last ``window_items`` items). It
+   returns :class:`Increment` records, one per row they change: the new item's row
+   gets its own *occurrence* weight plus one neighbour weight per recent item, and each
+   recent item's row gets the new item as a neighbour, so pairs are counted in both
+   directions and every row is owned by the partition of its item (the Kafka key).
+2. **Rows** (item-partitioned side). :meth:`Row.apply` folds an increment into the
+   item's :class:`Row`: a decayed occurrence count and at most ``max_neighbours`` (M)
+   decayed neighbour weights, pruned with the sound Misra-Gries rule of
+   :class:`~models.popularity.DecayedCounter`. A row serialises with orjson in about
+   ``M * (len(item_id) + 25)`` bytes.
+3. **Scores**. :func:`score_row` ranks a row's neighbours by log-likelihood ratio
+   (default), cosine or Jaccard, and keeps the top ``top_k`` (K) for Redis. The scores
+   need the neighbours' own occurrence counts, which live on other partitions, so they
+   are an input mapping; ``total`` (all occurrences, for the likelihood ratio) is one too.
+
+**Weights.** An interaction weighs what the profile gives its event type (view 1,
+click 3, buy 5: intent grows along the funnel). A pair weighs the *smaller* of its two
+interactions' weights, a fuzzy set intersection: a pair's weight never exceeds either
+item's occurrence weight, which keeps the 2x2 contingency tables of the likelihood
+ratio consistent. A user contributes each pair once per window: re-visiting an item
+that is still in the window adds nothing, unless the event type is stronger than
+before (a view then a buy), in which case only the difference is added.
+
+>>> from models.events import Event, EventType
+>>> from models.profile import RecentItem
+>>> cfg = CoocConfig()
+>>> before = [RecentItem("phone", "tech", 100.0, EventType.VIEW)]
+>>> incs = pair_increments(before, Event("e2", EventType.BUY, "u1", "case", 160.0), cfg)
+>>> [(i.item_id, i.occurrences, i.neighbours) for i in incs]
+[('case', 5.0, (('phone', 1.0),)), ('phone', 0.0, (('case', 1.0),))]
+>>> rows = {i.item_id: Row() for i in incs}
+>>> for inc in incs:
+...     rows[inc.item_id].apply(inc, cfg)
+>>> score_row(rows["case"], 160.0, {"phone": 1.0}, total=10.0, config=cfg)[0][0]
+'phone'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final
+
+import orjson
+
+from models.events import Event, EventType
+from models.popularity import Bound, DecayedCounter
+from models.profile import DEFAULT_EVENT_WEIGHTS, RecentItem
+
+ENCODING_VERSION: Final = 1
+
+
+class Scoring(StrEnum):
+    """How a neighbour's co-occurrence is turned into a relatedness score."""
+
+    #: Dunning's G2 on the 2x2 table (items A, B; with and without), positive only.
+    LLR = "llr"
+    #: c(A,B) / sqrt(n(A) n(B)).
+    COSINE = "cosine"
+    #: c(A,B) / (n(A) + n(B) - c(A,B)).
+    JACCARD = "jaccard"
+
+
+@dataclass(frozen=True, slots=True)
+class CoocConfig:
+    #: The pair window: recent items at most this far apart in time ...
+    window_s: float = 30 * 60.0
+    #: ... and among the user's last this many items (the profile keeps at most
+    #: ``ProfileConfig.max_recent`` of them, which caps this).
+    window_items: int = 5
+    event_weights: Mapping[EventType, float] = field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS)
+    )
+    #: Decay of occurrence and pair weights (event time).
+    half_life_s: float = 7 * 86400.0
+    #: M: neighbours kept per row.
+    max_neighbours: int = 50
+    #: K: related items written per item.
+    top_k: int = 20
+    scoring: Scoring = Scoring.LLR
+    neighbour_bound: Bound = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or self.window_items < 1:
+            raise ValueError("the pair window needs window_s > 0 and window_items >= 1")
+        if self.top_k < 1:
+            raise ValueError("top_k must be >= 1")
+        missing = set(EventType) - set(self.event_weights)
+        if missing:
+            raise ValueError(f"event_weights lacks {sorted(missing)}")
+        # Validates max_neighbours and half_life_s too.
+        object.__setattr__(self, "neighbour_bound", Bound(self.max_neighbours, self.half_life_s))
+
+
+@dataclass(frozen=True, slots=True)
+class Increment:
+    """A change to one item's row; sent on the pairs topic keyed by ``item_id``."""
+
+    item_id: str
+    ts: float
+    #: Added to the item's own occurrence count (0 for the reverse direction).
+    occurrences: float
+    #: ``(neighbour item id, pair weight)``.
+    neighbours: tuple[tuple[str, float], ...]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps([ENCODING_VERSION, self.item_id, self.ts, self.occurrences, self.neighbours])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Increment:
+        version, item_id, ts, occurrences, neighbours = orjson.loads(raw)
+        _check_version(version, "increment")
+        return cls(item_id, ts, occurrences, tuple((k, w) for k, w in neighbours))
+
+
+def pair_increments(
+    recent_before: Sequence[RecentItem], event: Event, config: CoocConfig
+) -> list[Increment]:
+    """The row increments one event causes (see the module doc for the weights).
+
+    ``recent_before`` is the user's recent items *before* this event (oldest first, as
+    :class:`~models.profile.Profile` keeps them): capture ``list(profile.recent)``
+    before calling :func:`~models.profile.update`, and call this only if the update
+    was applied (a duplicate event must not count twice). Out-of-order events pair with
+    the items within ``window_s`` on either side of them.
+    """
+    weights = config.event_weights
+    weight = weights[event.type]
+    item = event.item_id
+    window = [
+        r for r in recent_before[-config.window_items :] if abs(event.ts - r.ts) <= config.window_s
+    ]
+    previous = next((r for r in window if r.item_id == item), None)
+    if previous is None:
+        pairs = [(r.item_id, min(weight, weights[r.type])) for r in window]
+        occurrences = weight
+    else:
+        # A re-visit inside the window: only a stronger interaction adds (the difference).
+        old = weights[previous.type]
+        if weight <= old:
+            return []
+        pairs = [
+            (r.item_id, min(weight, weights[r.type]) - min(old, weights[r.type]))
+            for r in window
+            if r.item_id != item
+        ]
+        pairs = [(other, w) for other, w in pairs if w > 0]
+        occurrences = weight - old
+    ts = event.ts
+    own = Increment(item, ts, occurrences, tuple(pairs))
+    return [own, *(Increment(other, ts, 0.0, ((item, w),)) for other, w in pairs)]
+
+
+class DecayedValue:
+    """One decayed number (an item's occurrence count, a partition's total), as of ``ts``."""
+
+    __slots__ = ("ts", "value")
+
+    def __init__(self, value: float = 0.0, ts: float = -math.inf) -> None:
+        self.value = value
+        self.ts = ts
+
+    def add(self, weight: float, ts: float, half_life_s: float) -> None:
+        """Add ``weight`` at ``ts``; a late addition counts with its decayed weight."""
+        if ts >= self.ts:
+            self.value = self.value * _decay(ts - self.ts, half_life_s) + weight
+            self.ts = ts
+        else:
+            self.value += weight * _decay(self.ts - ts, half_life_s)
+
+    def at(self, now: float, half_life_s: float) -> float:
+        return self.value * _decay(now - self.ts, half_life_s) if self.value else 0.0
+
+
+class Row:
+    """One item's co-occurrence state: its decayed occurrence count and neighbours.
+
+    Memory bound: at most ``max_neighbours`` neighbours (see
+    :class:`~models.popularity.DecayedCounter` for the pruning guarantee).
+    """
+
+    __slots__ = ("neighbours", "occurrences")
+
+    def __init__(
+        self, occurrences: DecayedValue | None = None, neighbours: DecayedCounter | None = None
+    ) -> None:
+        self.occurrences = occurrences if occurrences is not None else DecayedValue()
+        self.neighbours = neighbours if neighbours is not None else DecayedCounter()
+
+    def apply(self, increment: Increment, config: CoocConfig) -> None:
+        """Fold one increment in (late increments count with their decayed weight)."""
+        ts = increment.ts
+        if increment.occurrences:
+            self.occurrences.add(increment.occurrences, ts, config.half_life_s)
+        if increment.neighbours:
+            bound = config.neighbour_bound
+            counter = self.neighbours
+            boost = counter.boost(ts, bound)
+            for other, weight in increment.neighbours:
+                boosted = weight * boost
+                counter.mass += boosted
+                counter.add_boosted(other, boosted, bound)
+
+    def count_at(self, now: float, half_life_s: float) -> float:
+        """The decayed occurrence count at ``now``."""
+        return self.occurrences.at(now, half_life_s)
+
+    def to_bytes(self) -> bytes:
+        """Positional orjson form, about ``M * (len(item_id) + 25)`` bytes."""
+        occ = self.occurrences
+        count_ts = occ.ts if math.isfinite(occ.ts) else None
+        return orjson.dumps([ENCODING_VERSION, occ.value, count_ts, *self.neighbours.to_list()])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Row:
+        data: list[Any] = orjson.loads(raw)
+        _check_version(data[0], "row")
+        count_ts = -math.inf if data[2] is None else data[2]
+        return cls(DecayedValue(data[1], count_ts), DecayedCounter.from_list(data[3:]))
+
+
+def score_row(
+    row: Row,
+    now: float,
+    counts: Mapping[str, float],
+    total: float,
+    config: CoocConfig,
+) -> list[tuple[str, float]]:
+    """The row's top ``config.top_k`` related items with their scores, best first.
+
+    ``counts`` maps neighbour item ids to their occurrence counts decayed to ``now``
+    (the streaming side reads them from Redis, the replay from its rows); a neighbour
+    missing from it is taken to occur only where it co-occurs. ``total`` is the decayed
+    sum of all occurrence weights (only the likelihood ratio uses it). Neighbours that
+    score 0 (no positive association) are left out; ties are broken by item id.
+    """
+    half_life = config.half_life_s
+    own = row.count_at(now, half_life)
+    factor = math.exp2((row.neighbours.landmark - now) / half_life)
+    score = _SCORERS[config.scoring]
+    scored: list[tuple[str, float]] = []
+    for other, boosted in row.neighbours.weights.items():
+        both = boosted * factor
+        value = score(both, max(own, both), max(counts.get(other, 0.0), both), total)
+        if value > 0:
+            scored.append((other, value))
+    scored.sort(key=lambda kv: (-kv[1], kv[0]))
+    return scored[: config.top_k]
+
+
+def log_likelihood_ratio(both: float, n_a: float, n_b: float, total: float) -> float:
+    """Dunning's G2 for the association of A and B, 0 if they are not positively associated.
+
+    ``both`` = c(A,B), ``n_a`` = n(A) and ``n_b`` = n(B) are (decayed, possibly
+    fractional) counts; ``total`` is N. The 2x2 table is clamped to non-negative cells
+    because decayed, pruned counts can be slightly inconsistent.
+    """
+    k11 = both
+    k12 = max(n_a - both, 0.0)
+    k21 = max(n_b - both, 0.0)
+    k22 = max(total - n_a - n_b + both, 0.0)
+    if k11 * (k21 + k22) <= k21 * (k11 + k12):
+        return 0.0  # P(B | A) <= P(B | not A): no positive association
+    row = _entropy(k11 + k12, k21 + k22)
+    column = _entropy(k11 + k21, k12 + k22)
+    matrix = _entropy(k11, k12, k21, k22)
+    return max(0.0, 2.0 * (row + column - matrix))
+
+
+def _cosine(both: float, n_a: float, n_b: float, total: float) -> float:
+    return both / math.sqrt(n_a * n_b)
+
+
+def _jaccard(both: float, n_a: float, n_b: float, total: float) -> float:
+    return both / (n_a + n_b - both)
+
+
+_SCORERS: Final = {
+    Scoring.LLR: log_likelihood_ratio,
+    Scoring.COSINE: _cosine,
+    Scoring.JACCARD: _jaccard,
+}
+
+
+def blend_related(
+    sources: Iterable[tuple[Sequence[tuple[str, float]], float]],
+    n: int,
+    exclude: Iterable[str] = (),
+) -> list[str]:
+    """Candidates for a user from the related lists of their recent items.
+
+    ``sources`` pairs each recent item's related list (as :func:`score_row` returns it)
+    with a weight (e.g. higher for more recent items). Scores are scaled by their list's
+    best score, so that one very popular item cannot drown the others, weighted and
+    summed; the ``n`` best items not in ``exclude`` are returned.
+    """
+    skip = set(exclude)
+    totals: dict[str, float] = {}
+    for related, weight in sources:
+        if not related:
+            continue
+        scale = weight / related[0][1]
+        for item, score in related:
+            if item not in skip:
+                totals[item] = totals.get(item, 0.0) + score * scale
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [item for item, _ in ranked[:n]]
+
+
+def _x_log_x(x: float) -> float:
+    return x * math.log(x) if x > 0 else 0.0
+
+
+def _entropy(*counts: float) -> float:
+    return _x_log_x(sum(counts)) - sum(_x_log_x(k) for k in counts)
+
+
+def _decay(dt: float, half_life_s: float) -> float:
+    return math.exp2(-dt / half_life_s) if dt > 0 else 1.0
+
+
+def _check_version(version: object, what: str) -> None:
+    if version != ENCODING_VERSION:
+        raise ValueError(f"unsupported {what} encoding {version!r}")

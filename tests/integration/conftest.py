@@ -1,0 +1,247 @@
+"""Real Kafka (KRaft) and Redis for integration tests, started by the project's own code.
+
+The services are started once per test session (idempotently: a running pair is reused).
+Each test module gets its own topic prefix and application id, so tests sharing the broker
+never see each other's events, consumer groups or changelogs. When ``CI=true`` a service
+that cannot be started fails the run; elsewhere the integration tests are skipped with
+the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams import services, settings
+from streams.admin import create_topics
+from tests.conftest import PROJECT_ROOT, in_ci
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def local_services() -> services.LocalServices:
+    local = services.LocalServices.from_env()
+    try:
+        services.up(local, say=lambda message: None)
+    except services.ServiceError as exc:
+        message = f"cannot start the local Kafka broker and Redis server: {exc}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return local
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Deployment:
+    """One isolated nudgestream deployment on the shared broker: env, settings, helpers."""
+
+    env: dict[str, str]
+    state_dir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def settings(self) -> settings.Settings:
+        return settings.load(self.env)
+
+    def start_worker(self, **extra_env: str) -> WorkerProcess:
+        env = {**self.env, "NUDGESTREAM_WEB_PORT": str(free_port()), **extra_env}
+        index = len(self.workers)
+        env.setdefault("NUDGESTREAM_DATA_DIR", str(self.state_dir / f"worker-{index}"))
+        worker = WorkerProcess(env, self.state_dir / f"worker-{index}.log")
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@dataclass
+class WorkerProcess:
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.env["NUDGESTREAM_WEB_PORT"])
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env={**os.environ, **self.env},
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"worker not ready in {timeout_s}s:\n{self.log_tail()}")
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return parse_metrics(text)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text format -> {'name{labels}': value} (labels as written)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    local_services: services.LocalServices, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        "NUDGESTREAM_KAFKA_BOOTSTRAP": local_services.kafka_bootstrap,
+        "NUDGESTREAM_REDIS_URL": local_services.redis_url,
+        "NUDGESTREAM_APP_ID": f"it-{tag}",
+        "NUDGESTREAM_TOPIC_PREFIX": f"it-{tag}.",
+        "NUDGESTREAM_PARTITIONS": "4",
+        "NUDGESTREAM_LOG_LEVEL": "info",
+    }
+    deployment = Deployment(env, tmp_path_factory.mktemp(f"deploy-{tag}"))
+    asyncio.run(create_topics(deployment.settings))
+    yield deployment
+    deployment.stop_all()
+
+
+async def produce(
+    bootstrap: str, messages: list[tuple[str, bytes | None, bytes | None]]
+) -> None:
+    """Send (topic, key, value) messages and wait for every acknowledgement."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(t, key=k, value=v) for t, k, v in messages]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, until: int, timeout_s: float = 60.0
+) -> list[tuple[bytes | None, bytes | None]]:
+    """Read (key, value) pairs from the start of every partition until ``until`` arrived."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    out: list[tuple[bytes | None, bytes | None]] = []
+    try:
+        partitions = await _partitions(consumer, topic, timeout_s)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + timeout_s
+        while len(out) < until and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                out.extend((r.key, r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def _partitions(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float
+) -> list[TopicPartition]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return [TopicPartition(topic, p) for p in sorted(found)]
+        await consumer._client.force_metadata_update()  # the topic may be created just now
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"topic {topic} does not exist")
+
+
+async def latest_values(
+    bootstrap: str, topic: str, *, done: Callable[[dict[bytes, bytes | None]], bool],
+    timeout_s: float = 60.0,
+) -> dict[bytes, bytes | None]:
+    """Follow a (changelog) topic, keeping the latest value per key, until ``done``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    latest: dict[bytes, bytes | None] = {}
+    try:
+        partitions = await _partitions(consumer, topic, timeout_s)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + timeout_s
+        while not done(latest) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    assert record.key is not None
+                    latest[record.key] = record.value
+    finally:
+        await consumer.stop()
+    return latest
+
+
+def decode_json(value: bytes | None) -> dict[str, object]:
+    assert value is not None
+    doc: dict[str, object] = orjson.loads(value)
+    return doc
