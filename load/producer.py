@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import math
+import random
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -48,6 +50,7 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 
 from load.generator import GeneratedEvent, topic_for
 from models.events import Event
@@ -186,19 +189,19 @@ class _Tally:
     per_topic: Counter[str] = field(default_factory=Counter)
     pending: set[asyncio.Future[Any]] = field(default_factory=set)
 
-    def track(self, future: asyncio.Future[Any], record: GeneratedEvent) -> None:
+    def track(self, future: asyncio.Future[Any], topic: str, batch: list[GeneratedEvent]) -> None:
         self.pending.add(future)
-        future.add_done_callback(partial(self._settled, record))
+        malformed = sum(record.malformed_reason is not None for record in batch)
+        future.add_done_callback(partial(self._settled, topic, len(batch), malformed))
 
-    def _settled(self, record: GeneratedEvent, future: asyncio.Future[Any]) -> None:
+    def _settled(self, topic: str, size: int, malformed: int, future: asyncio.Future[Any]) -> None:
         self.pending.discard(future)
         if future.cancelled() or future.exception() is not None:
-            self.errors += 1
+            self.errors += size
             return
-        self.sent += 1
-        self.per_topic[record.topic] += 1
-        if record.malformed_reason is not None:
-            self.malformed_sent += 1
+        self.sent += size
+        self.per_topic[topic] += size
+        self.malformed_sent += malformed
 
     async def settle(self) -> None:
         if self.pending:
@@ -373,7 +376,8 @@ async def _send_all(
             if duration is not None and reporter.elapsed_s() >= duration:
                 break
             allowed = chunk if count is None else chunk[: count - queued]
-            queued += await _send_chunk(producer, allowed, tally)
+            await _send_chunk(producer, allowed, tally)
+            queued += len(allowed)
             if count is not None and queued >= count:
                 break
             # Give the producer's sender task a turn even when no send had to wait.
@@ -388,18 +392,85 @@ async def _send_all(
     return tally.summary(reporter.elapsed_s())
 
 
+def partition_for(key: bytes | None, partitions: Sequence[int]) -> int:
+    """The partition of ``partitions`` (sorted) that the Java client and Faust pick for key.
+
+    >>> partition_for(b"u1", [0, 1, 2, 3]) == partition_for(b"u1", [0, 1, 2, 3])
+    True
+    """
+    if key is None:
+        return random.choice(partitions)
+    return partitions[_key_slot(key, len(partitions))]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _key_slot(key: bytes, partition_count: int) -> int:
+    # murmur2 is pure Python here; users repeat, so caching saves most of its cost.
+    slot: int = (murmur2(key) & 0x7FFFFFFF) % partition_count
+    return slot
+
+
 async def _send_chunk(
     producer: AIOKafkaProducer, chunk: list[GeneratedEvent], tally: _Tally
-) -> int:
+) -> None:
+    """Send a chunk as whole record batches, one per partition (or more when full).
+
+    Building batches ourselves costs a few microseconds a message instead of the
+    ~25 us of ``send()``, which is what makes 50k messages/s reachable in one process.
+    """
+    groups: dict[tuple[str, int], list[GeneratedEvent]] = defaultdict(list)
+    partitions: dict[str, list[int]] = {}
     for record in chunk:
-        try:
-            future = await producer.send(record.topic, record.value, key=record.key)
-        except KafkaError:
-            # Rejected before it left (buffer timeout, too large): counted, not fatal.
+        known = partitions.get(record.topic)
+        if known is None:
+            try:
+                known = sorted(await producer.partitions_for(record.topic))
+            except KafkaError:
+                known = []  # the topic is unavailable: its messages count as errors
+            partitions[record.topic] = known
+        if known:
+            groups[(record.topic, partition_for(record.key, known))].append(record)
+        else:
             tally.errors += 1
-            continue
-        tally.track(future, record)
-    return len(chunk)
+    for (topic, partition), records in groups.items():
+        await _send_batches(producer, topic, partition, records, tally)
+
+
+async def _send_batches(
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    records: list[GeneratedEvent],
+    tally: _Tally,
+) -> None:
+    batch = producer.create_batch()
+    members: list[GeneratedEvent] = []
+    for record in records:
+        if batch.append(key=record.key, value=record.value, timestamp=None) is None:
+            await _submit(producer, batch, topic, partition, members, tally)
+            batch, members = producer.create_batch(), []
+            # An empty batch always takes one message, however large.
+            batch.append(key=record.key, value=record.value, timestamp=None)
+        members.append(record)
+    await _submit(producer, batch, topic, partition, members, tally)
+
+
+async def _submit(
+    producer: AIOKafkaProducer,
+    batch: Any,
+    topic: str,
+    partition: int,
+    members: list[GeneratedEvent],
+    tally: _Tally,
+) -> None:
+    # A closed batch is sent without waiting for linger: it is already as full as it gets.
+    batch.close()
+    try:
+        future = await producer.send_batch(batch, topic, partition=partition)
+    except KafkaError:
+        tally.errors += len(members)
+        return
+    tally.track(future, topic, members)
 
 
 class _Reporter:

@@ -47,7 +47,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -100,9 +100,12 @@ class CoocConfig:
         object.__setattr__(self, "neighbour_bound", Bound(self.max_neighbours, self.half_life_s))
 
 
-@dataclass(frozen=True, slots=True)
-class Increment:
-    """A change to one item's row; sent on the pairs topic keyed by ``item_id``."""
+class Increment(NamedTuple):
+    """A change to one item's row; sent on the pairs topic keyed by ``item_id``.
+
+    A named tuple rather than a dataclass: one event makes up to ``2 * window_items + 1``
+    of them and a tuple is built three times faster.
+    """
 
     item_id: str
     ts: float
@@ -134,29 +137,28 @@ def pair_increments(
     """
     weights = config.event_weights
     weight = weights[event.type]
-    item = event.item_id
-    window = [
-        r for r in recent_before[-config.window_items :] if abs(event.ts - r.ts) <= config.window_s
-    ]
-    previous = next((r for r in window if r.item_id == item), None)
-    if previous is None:
-        pairs = [(r.item_id, min(weight, weights[r.type])) for r in window]
-        occurrences = weight
-    else:
-        # A re-visit inside the window: only a stronger interaction adds (the difference).
-        old = weights[previous.type]
-        if weight <= old:
-            return []
-        pairs = [
-            (r.item_id, min(weight, weights[r.type]) - min(old, weights[r.type]))
-            for r in window
-            if r.item_id != item
-        ]
-        pairs = [(other, w) for other, w in pairs if w > 0]
-        occurrences = weight - old
-    ts = event.ts
-    own = Increment(item, ts, occurrences, tuple(pairs))
-    return [own, *(Increment(other, ts, 0.0, ((item, w),)) for other, w in pairs)]
+    item, ts, span = event.item_id, event.ts, config.window_s
+    # A re-visit inside the window adds only what the stronger interaction adds on top of
+    # the previous one: a first visit is a re-visit with previous weight 0.
+    previous = 0.0
+    window: list[tuple[str, float]] = []
+    for recent in recent_before[-config.window_items :]:
+        if -span <= ts - recent.ts <= span:
+            if recent.item_id == item:
+                previous = weights[recent.type]
+            else:
+                window.append((recent.item_id, weights[recent.type]))
+    if weight <= previous:
+        return []
+    pairs = tuple(
+        (other, min(weight, other_weight) - min(previous, other_weight))
+        for other, other_weight in window
+        if other_weight > previous
+    )
+    increments = [Increment(item, ts, weight - previous, pairs)]
+    for other, pair_weight in pairs:
+        increments.append(Increment(other, ts, 0.0, ((item, pair_weight),)))
+    return increments
 
 
 class DecayedValue:

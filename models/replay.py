@@ -25,12 +25,13 @@ Taobao logs have one, dated 2017-09-11 among events of November 2017).
 
 >>> from models.events import Event, EventType
 >>> replay = Replay()
->>> for n, item in enumerate(["a", "b", "a", "b", "c"]):
-...     _ = replay.process(Event(f"e{n}", EventType.VIEW, f"u{n % 2}", item, 1000.0 + n))
+>>> log = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "c")]
+>>> for n, (user, item) in enumerate(log):
+...     _ = replay.process(Event(f"e{n}", EventType.VIEW, user, item, 1000.0 + n))
 >>> [item for item, _ in replay.related("a")]
-['b']
->>> replay.stats.applied, replay.stats.out_of_order
-(5, 0)
+['b', 'c']
+>>> replay.stats.applied, replay.stats.increments
+(6, 9)
 """
 
 from __future__ import annotations

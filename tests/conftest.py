@@ -6,6 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Machines running the suite are shared and noisy: no per-example deadline, and slow
+# first draws are not a property of the code under test.
+settings.register_profile(
+    "nudgestream", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("nudgestream")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: Real public event logs live beside the checkout, never inside it (licences differ).

@@ -1,0 +1,57 @@
+"""Configuration: defaults work, bad values fail at start naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.settings import ConfigError, describe, load
+
+
+def test_defaults_parse_and_point_at_the_local_services() -> None:
+    settings = load({})
+    assert settings.kafka_bootstrap == ("127.0.0.1:19092",)
+    assert settings.redis_url == "redis://127.0.0.1:16379/0"
+    assert settings.partitions == 4 and settings.store == "memory"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected_form"),
+    [
+        ("NUDGESTREAM_PARTITIONS", "four", "integer >= 1"),
+        ("NUDGESTREAM_PARTITIONS", "0", "between 1 and 1024"),
+        ("NUDGESTREAM_KAFKA_BOOTSTRAP", "localhost", "host:port"),
+        ("NUDGESTREAM_REDIS_URL", "localhost:6379", "redis://"),
+        ("NUDGESTREAM_STORE", "disk", "memory, rocksdb"),
+        ("NUDGESTREAM_WEB_PORT", "70000", "between 1 and 65535"),
+        ("NUDGESTREAM_DEFAULT_TZ", "Mars/Olympus", "IANA zone"),
+        ("NUDGESTREAM_PROFILE_HALF_LIFE_S", "-5", "positive number"),
+        ("NUDGESTREAM_KAFKA_SECURITY_PROTOCOL", "TLS", "SASL_SSL"),
+        ("NUDGESTREAM_KAFKA_SSL_CAFILE", "/nonexistent/ca.pem", "no such file"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_the_expected_form(
+    variable: str, value: str, expected_form: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load({variable: value})
+    message = str(error.value)
+    assert variable in message and repr(value) in message and expected_form in message
+
+
+def test_secrets_are_redacted_for_logging() -> None:
+    settings = load({"NUDGESTREAM_KAFKA_SASL_PASSWORD": "hunter2", "NUDGESTREAM_PSEUDONYM_KEY": "k"})
+    shown = str(settings.redacted())
+    assert "hunter2" not in shown and "'k'" not in shown
+
+
+def test_every_setting_is_documented() -> None:
+    for variable, _default, meaning in describe():
+        assert variable.startswith("NUDGESTREAM_") and meaning
+
+
+def test_the_worker_command_fails_fast_on_bad_configuration(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.cli import main
+
+    monkeypatch.setenv("NUDGESTREAM_PARTITIONS", "many")
+    assert main(["worker"]) == 2
+    assert "NUDGESTREAM_PARTITIONS" in capsys.readouterr().err
