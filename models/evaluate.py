@@ -1,0 +1,269 @@
+"""Next-item quality of the related-items table as it stood at each moment (no peeking).
+
+Protocol. The log is replayed in order through :class:`~models.replay.Replay`. Before
+each event is processed, if it is a **target** — the user has at least one earlier
+applied event, and the event's item is one the user has *not* touched in any earlier
+applied event (the user's next *distinct* item) — every recommender is asked for ``k``
+items using only the state built from the earlier events; the event is then processed
+and the baselines learn from it. A target counts only if the replay applies the event
+(stale and duplicate events are neither targets nor inputs).
+
+* **HR@k** — share of targets whose item is among the ``k`` recommended;
+* **MRR@k** — mean of ``1 / rank`` of the item (0 when not among the ``k``);
+* **coverage** — distinct items ever recommended / distinct items in the log.
+
+Items the user already touched are excluded from every recommender's list: a target is
+new to the user by definition, so recommending a touched item is a sure miss, and
+excluding them is also what the push policy does.
+
+Recommenders, all filling their ``k`` slots from the same information:
+
+* ``cooccurrence`` — :func:`~models.cooccurrence.blend_related` of the related lists
+  (top-K, scored rows) of the user's last ``query_items`` items, the most recent
+  weighted most, topped up from the decayed popularity (the system's cold-start
+  fallback; ``fallback_share`` says how many slots that filled);
+* ``popularity`` — the decayed overall popularity alone;
+* ``coview`` — a naive item-to-item table: raw, undecayed, unbounded counts of items
+  co-occurring within a user's last 5 events (repeats included), queried with the
+  user's last 3 events' top-20 co-items summed by count, topped up from popularity
+  (the same peer as ``push_precision.py`` in the shared tools).
+
+Run it: ``python -m models.evaluate --events FILE --json``.
+
+>>> from models.events import Event, EventType
+>>> log = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "b")]
+>>> events = [Event(f"e{n}", EventType.VIEW, u, i, 100.0 + n) for n, (u, i) in enumerate(log)]
+>>> report = evaluate(events)
+>>> report["targets"], report["recommenders"]["cooccurrence"]["hr@10"]
+(3, 1.0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from models.cooccurrence import blend_related
+from models.events import Event
+from models.logfile import BadRow, open_events
+from models.replay import Replay, ReplayConfig, ReplayStats
+
+RECOMMENDERS: Final = ("cooccurrence", "popularity", "coview")
+DEFAULT_K: Final = 10
+#: The naive co-view peer, as defined in the module doc.
+COVIEW_WINDOW: Final = 5
+COVIEW_QUERY: Final = 3
+COVIEW_FANOUT: Final = 20
+
+
+@dataclass(frozen=True, slots=True)
+class EvalConfig:
+    k: int = DEFAULT_K
+    #: The co-occurrence recommender queries the related lists of this many recent items,
+    query_items: int = 3
+    #: ... weighting the i-th most recent (i = 0, 1, ...) by ``recency ** i``.
+    recency: float = 0.5
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+
+class _Score:
+    """HR, MRR and coverage of one recommender."""
+
+    __slots__ = ("fallback_slots", "hits", "reciprocal_ranks", "recommended", "slots")
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.reciprocal_ranks = 0.0
+        self.recommended: set[str] = set()
+        self.slots = 0
+        self.fallback_slots = 0
+
+    def record(self, items: Sequence[str], target: str, fallback: int = 0) -> None:
+        self.recommended.update(items)
+        self.slots += len(items)
+        self.fallback_slots += fallback
+        if target in items:
+            self.hits += 1
+            self.reciprocal_ranks += 1.0 / (items.index(target) + 1)
+
+    def report(self, k: int, targets: int, catalogue: int) -> dict[str, float]:
+        return {
+            f"hr@{k}": self.hits / targets if targets else 0.0,
+            f"mrr@{k}": self.reciprocal_ranks / targets if targets else 0.0,
+            "coverage": len(self.recommended) / catalogue if catalogue else 0.0,
+            "fallback_share": self.fallback_slots / self.slots if self.slots else 0.0,
+        }
+
+
+class CoviewBaseline:
+    """The naive raw-count co-view table (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._pairs: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._recent: defaultdict[str, deque[str]] = defaultdict(
+            lambda: deque(maxlen=COVIEW_WINDOW)
+        )
+
+    def learn_one(self, event: Event) -> None:
+        recent = self._recent[event.user_id]
+        for other in recent:
+            if other != event.item_id:
+                self._pairs[event.item_id][other] += 1
+                self._pairs[other][event.item_id] += 1
+        recent.append(event.item_id)
+
+    def recommend(self, user_id: str, n: int, exclude: set[str]) -> list[str]:
+        candidates: Counter[str] = Counter()
+        for item in list(self._recent[user_id])[-COVIEW_QUERY:]:
+            for other, count in self._pairs[item].most_common(COVIEW_FANOUT):
+                if other not in exclude:
+                    candidates[other] += count
+        ranked = sorted(candidates.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [item for item, _ in ranked[:n]]
+
+
+class _Evaluation:
+    """One pass over a log: the replay, the baselines and the scores."""
+
+    def __init__(self, config: EvalConfig) -> None:
+        self.config = config
+        self.replay = Replay(config.replay)
+        self.coview = CoviewBaseline()
+        self.touched: defaultdict[str, set[str]] = defaultdict(set)
+        self.catalogue: set[str] = set()
+        self.scores = {name: _Score() for name in RECOMMENDERS}
+        self.targets = 0
+
+    def step(self, event: Event) -> None:
+        touched = self.touched[event.user_id]
+        lists = self._recommend(event.user_id, touched) if self._is_target(event) else None
+        if not self.replay.process(event):
+            return
+        if lists is not None:
+            self.targets += 1
+            for name, (items, fallback) in lists.items():
+                self.scores[name].record(items, event.item_id, fallback)
+        self.coview.learn_one(event)
+        touched.add(event.item_id)
+        self.catalogue.add(event.item_id)
+
+    def _is_target(self, event: Event) -> bool:
+        touched = self.touched.get(event.user_id)
+        return bool(touched) and event.item_id not in touched  # type: ignore[operator]
+
+    def _recommend(self, user_id: str, touched: set[str]) -> dict[str, tuple[list[str], int]]:
+        k = self.config.k
+        popular = [item for item, _ in self.replay.popularity.top(2 * k, exclude=touched)]
+        cooc = self._cooccurrence(user_id, touched)
+        coview = self.coview.recommend(user_id, k, touched)
+        return {
+            "cooccurrence": _top_up(cooc, popular, k),
+            "popularity": (popular[:k], 0),
+            "coview": _top_up(coview, popular, k),
+        }
+
+    def _cooccurrence(self, user_id: str, touched: set[str]) -> list[str]:
+        cfg = self.config
+        profile = self.replay.profile(user_id)
+        if profile is None:
+            return []
+        latest_first = reversed(profile.recent[-cfg.query_items :])
+        sources = [
+            (self.replay.related(r.item_id), cfg.recency**age) for age, r in enumerate(latest_first)
+        ]
+        return blend_related(sources, cfg.k, touched)
+
+    def report(self, stats: ReplayStats) -> dict[str, Any]:
+        k = self.config.k
+        recommenders = {
+            name: score.report(k, self.targets, len(self.catalogue))
+            for name, score in self.scores.items()
+        }
+        hr = {name: values[f"hr@{k}"] for name, values in recommenders.items()}
+        return {
+            "k": k,
+            "targets": self.targets,
+            "users": len(self.touched),
+            "items": len(self.catalogue),
+            "recommenders": recommenders,
+            "ratios": {
+                "cooccurrence_vs_popularity": _ratio(hr["cooccurrence"], hr["popularity"]),
+                "cooccurrence_vs_coview": _ratio(hr["cooccurrence"], hr["coview"]),
+            },
+            "replay": stats.to_dict(),
+            "config": _describe(self.config),
+        }
+
+
+def evaluate(
+    events: Iterable[Event | BadRow],
+    config: EvalConfig | None = None,
+    progress: Callable[[ReplayStats], None] | None = None,
+) -> dict[str, Any]:
+    """Replay ``events`` and report HR@k, MRR@k and coverage of the three recommenders.
+
+    The result is JSON-serialisable; ``ratios`` holds cooccurrence HR / popularity HR
+    and cooccurrence HR / coview HR (``None`` when the denominator is 0).
+    """
+    evaluation = _Evaluation(config or EvalConfig())
+    replay = evaluation.replay
+    for event in replay.screen(events):
+        evaluation.step(event)
+        if progress is not None and replay.stats.records % 10_000 == 0:
+            progress(replay.stats)
+    return evaluation.report(replay.stats)
+
+
+def _top_up(items: list[str], fallback: Sequence[str], k: int) -> tuple[list[str], int]:
+    """``items`` filled up to ``k`` from ``fallback``; also how many slots that filled."""
+    out = items[:k]
+    chosen = set(out)
+    for item in fallback:
+        if len(out) == k:
+            break
+        if item not in chosen:
+            out.append(item)
+            chosen.add(item)
+    return out, len(out) - min(len(items), k)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _describe(config: EvalConfig) -> dict[str, Any]:
+    described: dict[str, Any] = orjson.loads(orjson.dumps(asdict(config), default=str))
+    return described
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.evaluate", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--events", type=Path, required=True, help="CSV event log")
+    parser.add_argument("--k", type=int, default=DEFAULT_K)
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    args = parser.parse_args(argv)
+    report = evaluate(open_events(args.events), EvalConfig(k=args.k))
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    k = report["k"]
+    print(f"{report['targets']} next-distinct-item targets, {report['items']} items")
+    for name, values in report["recommenders"].items():
+        print(
+            f"{name:>13}: HR@{k} {values[f'hr@{k}']:.4f}  MRR@{k} {values[f'mrr@{k}']:.4f}"
+            f"  coverage {values['coverage']:.3f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
