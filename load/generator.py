@@ -377,6 +377,7 @@ class _Simulation:
         self.world = world
         self.rng = random.Random(f"events:{config.seed}")
         self.clock = config.start_ts
+        self.id_prefix = config.id_prefix
         self.event_numbers = itertools.count()
         self.session_numbers = itertools.count()
         self.active_users: set[str] = set()
@@ -403,7 +404,7 @@ class _Simulation:
             self.sessions[slot] = self._new_session()
         self.clock += self.rng.expovariate(self.config.events_per_second)
         return Event(
-            event_id=f"{self.config.id_prefix}{next(self.event_numbers)}",
+            event_id=f"{self.id_prefix}{next(self.event_numbers)}",
             type=event_type,
             user_id=session.user.user_id,
             item_id=item.item_id,

@@ -67,7 +67,7 @@ DEFAULT_PRODUCER_OPTIONS: Final[Mapping[str, Any]] = {
 #: Messages taken from the source between checks of the limits and the pacer.
 MAX_CHUNK: Final = 1000
 #: A paced sender sleeps at least this long; shorter sleeps cost more than they pace.
-MIN_SLEEP_S: Final = 0.001
+MIN_SLEEP_S: Final = 0.005
 #: Longest sleep between checks of ``duration`` while a replay waits for its next event.
 MAX_IDLE_SLEEP_S: Final = 0.1
 #: A replay shortens longer stretches of log time without events to this (see ReplaySchedule).

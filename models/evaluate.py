@@ -239,7 +239,9 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def _describe(config: EvalConfig) -> dict[str, Any]:
-    described: dict[str, Any] = orjson.loads(orjson.dumps(asdict(config), default=str))
+    described: dict[str, Any] = orjson.loads(
+        orjson.dumps(asdict(config), default=str, option=orjson.OPT_NON_STR_KEYS)
+    )
     return described
 
 
