@@ -104,10 +104,9 @@ class DemoWorker:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise SystemExit(f"the worker exited; see {self.log_path}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
             time.sleep(0.5)
         raise SystemExit(f"the worker was not ready in {timeout_s:.0f}s; see {self.log_path}")
 

@@ -285,7 +285,8 @@ async def _paced_chunks(
     records: Iterator[GeneratedEvent], rate: float | None, clock: Clock
 ) -> AsyncIterator[list[GeneratedEvent]]:
     bucket = TokenBucket(rate, now=clock()) if rate is not None else None
-    # Wake up for at least a millisecond's worth of messages, never for a single one at 50k/s.
+    # Wake up for a slice's worth of messages: at 50k/s one wake-up per message would
+    # cost more than the sending, and tiny batches would cap throughput.
     want = max(1, math.ceil((rate or 0.0) * MIN_SLEEP_S))
     while True:
         size = MAX_CHUNK
