@@ -35,6 +35,7 @@ The pacing logic is pure and takes the time as an argument:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -42,7 +43,16 @@ import math
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -66,14 +76,16 @@ DEFAULT_PRODUCER_OPTIONS: Final[Mapping[str, Any]] = {
 }
 #: Messages taken from the source between checks of the limits and the pacer.
 MAX_CHUNK: Final = 1000
-#: A paced sender sleeps at least this long; shorter sleeps cost more than they pace.
+#: Pacing slice: a paced sender sleeps at least this long, so it sends in batches
+#: (250 messages a wake-up at 50k/s); the rate stays exact over longer spans.
 MIN_SLEEP_S: Final = 0.005
-#: Longest sleep between checks of ``duration`` while a replay waits for its next event.
+#: Longest sleep between checks of the limits (duration, stop) while waiting to send.
 MAX_IDLE_SLEEP_S: Final = 0.1
 #: A replay shortens longer stretches of log time without events to this (see ReplaySchedule).
 DEFAULT_MAX_GAP_S: Final = 3600.0
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +124,7 @@ class TokenBucket:
 
     Tokens accrue continuously and are handed out in whole numbers, so the long-run grant
     count is ``floor(rate * elapsed)`` however coarse the caller's sleeps are, as long as
-    no sleep overshoots by more than ``burst / rate`` seconds.
+    it polls again within ``(burst - 1) / rate`` seconds (a tenth of a second by default).
     """
 
     __slots__ = ("_tokens", "_updated", "burst", "rate")
@@ -121,9 +133,10 @@ class TokenBucket:
         if not rate > 0 or not math.isfinite(rate):
             raise ValueError("rate must be a positive number")
         self.rate = rate
-        # A tenth of a second of traffic absorbs event-loop hiccups without a visible spike.
-        self.burst = burst if burst is not None else max(1.0, rate * 0.1)
-        if self.burst < 1:
+        # A tenth of a second of traffic absorbs event-loop hiccups without a visible spike;
+        # at a few messages a second, two tokens keep a late wake-up from losing one.
+        self.burst = burst if burst is not None else max(2.0, rate * 0.1)
+        if not self.burst >= 1:
             raise ValueError("burst must be >= 1")
         self._tokens = 0.0
         self._updated = now
@@ -154,14 +167,14 @@ class ReplaySchedule:
     latest timestamp seen, so a late (out-of-order) event is due at once instead of
     rewinding the replay, and a jump forward longer than ``max_gap_s`` of log time is
     shortened to it: one dirty timestamp months before the rest of a log must not stall
-    the replay for days. ``speed=None`` makes everything due at once.
+    the replay for days.
     """
 
     __slots__ = ("_due", "_log_now", "max_gap_s", "speed")
 
-    def __init__(self, speed: float | None, *, max_gap_s: float = DEFAULT_MAX_GAP_S) -> None:
-        if speed is not None and not speed > 0:
-            raise ValueError("speed must be > 0 (or None for as fast as possible)")
+    def __init__(self, speed: float, *, max_gap_s: float = DEFAULT_MAX_GAP_S) -> None:
+        if not speed > 0 or not math.isfinite(speed):
+            raise ValueError("speed must be a positive number")
         if not max_gap_s >= 0:
             raise ValueError("max_gap_s must be >= 0")
         self.speed = speed
@@ -170,8 +183,6 @@ class ReplaySchedule:
         self._due = 0.0
 
     def due_s(self, ts: float) -> float:
-        if self.speed is None:
-            return 0.0
         if self._log_now is not None and ts > self._log_now:
             self._due += min(ts - self._log_now, self.max_gap_s) / self.speed
         if self._log_now is None or ts > self._log_now:
@@ -226,20 +237,20 @@ async def produce(
     duration: float | None = None,
     count: int | None = None,
     progress: ProgressCallback | None = None,
+    stop: asyncio.Event | None = None,
     producer_options: Mapping[str, Any] | None = None,
 ) -> ProduceSummary:
     """Send ``source`` at ``rate`` messages/s (None: as fast as possible).
 
-    Stops when the source ends, after ``duration`` seconds or after ``count`` messages.
-    ``producer_options`` override :data:`DEFAULT_PRODUCER_OPTIONS` (security settings go
-    here). ``progress`` is called about once a second and once at the end.
+    Stops when the source ends, after ``duration`` seconds, after ``count`` messages or
+    when ``stop`` is set (a signal handler can set it to end with a summary rather than
+    a cancellation). ``producer_options`` override :data:`DEFAULT_PRODUCER_OPTIONS`
+    (security settings go here). ``progress`` is called about once a second and at the end.
     """
-    chunks = _paced_chunks(iter(source), rate, time.monotonic)
     return await _send_all(
-        chunks,
+        paced_chunks(iter(source), rate),
         bootstrap=bootstrap,
-        duration=duration,
-        count=count,
+        limits=_Limits(duration, count, stop),
         progress=progress,
         producer_options=producer_options,
     )
@@ -250,40 +261,55 @@ async def replay_log(
     *,
     bootstrap: str | Iterable[str],
     speed: float | None = None,
+    rate: float | None = None,
     rewrite_ts: bool = False,
     max_gap_s: float = DEFAULT_MAX_GAP_S,
+    topic_prefix: str = "",
     duration: float | None = None,
     count: int | None = None,
     progress: ProgressCallback | None = None,
+    stop: asyncio.Event | None = None,
     producer_options: Mapping[str, Any] | None = None,
 ) -> ProduceSummary:
-    """Replay a CSV event log; ``speed`` scales time (None: as fast as possible).
+    """Replay a CSV event log, time-scaled by ``speed`` or paced at ``rate`` messages/s.
 
-    ``rewrite_ts`` stamps each event with the wall clock at sending (see the module
-    docstring for why and what it changes). Unparsable rows are counted as ``skipped``.
+    With neither it is sent as fast as possible. ``rewrite_ts`` stamps each event with
+    the wall clock at sending (see the module docstring for why and what it changes).
+    Events go to ``<topic_prefix>events.<type>``; unparsable rows are counted as
+    ``skipped``. Other arguments are as in :func:`produce`.
     """
-    replay = _LogReplay(
-        open_events(path), ReplaySchedule(speed, max_gap_s=max_gap_s), rewrite_ts=rewrite_ts
+    if speed is not None and rate is not None:
+        raise ValueError("pace a replay by speed or by rate, not both")
+    replay = LogReplay(open_events(path), rewrite_ts=rewrite_ts, topic_prefix=topic_prefix)
+    chunks = (
+        replay.chunks(ReplaySchedule(speed, max_gap_s=max_gap_s))
+        if speed is not None
+        else paced_chunks(replay.records(), rate)
     )
     summary = await _send_all(
-        replay.chunks(time.monotonic, time.time),
+        chunks,
         bootstrap=bootstrap,
-        duration=duration,
-        count=count,
+        limits=_Limits(duration, count, stop),
         progress=progress,
         producer_options=producer_options,
     )
     return dataclasses.replace(summary, skipped=replay.skipped)
 
 
-def record_for(event: Event) -> GeneratedEvent:
+def record_for(event: Event, topic_prefix: str = "") -> GeneratedEvent:
     """The message for a valid event: its type's topic, keyed by user id."""
-    return GeneratedEvent(topic_for(event.type), event.user_id.encode(), event.to_bytes())
+    topic = topic_prefix + topic_for(event.type)
+    return GeneratedEvent(topic, event.user_id.encode(), event.to_bytes())
 
 
-async def _paced_chunks(
-    records: Iterator[GeneratedEvent], rate: float | None, clock: Clock
-) -> AsyncIterator[list[GeneratedEvent]]:
+async def paced_chunks(
+    records: Iterator[GeneratedEvent],
+    rate: float | None,
+    *,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+) -> AsyncGenerator[list[GeneratedEvent], None]:
+    """Yield ``records`` in chunks, no faster than ``rate`` per second when it is set."""
     bucket = TokenBucket(rate, now=clock()) if rate is not None else None
     # Wake up for a slice's worth of messages: at 50k/s one wake-up per message would
     # cost more than the sending, and tiny batches would cap throughput.
@@ -293,7 +319,9 @@ async def _paced_chunks(
         if bucket is not None:
             size = bucket.take(clock(), MAX_CHUNK)
             if size == 0:
-                await asyncio.sleep(max(MIN_SLEEP_S, bucket.wait_s(clock(), want)))
+                wait_s = bucket.wait_s(clock(), want)
+                await sleep(min(max(MIN_SLEEP_S, wait_s), MAX_IDLE_SLEEP_S))
+                yield []  # lets the sender check its limits while the rate is low
                 continue
         chunk = list(itertools.islice(records, size))
         if not chunk:
@@ -301,62 +329,88 @@ async def _paced_chunks(
         yield chunk
 
 
-class _LogReplay:
-    """Turns log rows into chunks of messages that are due, sleeping until they are."""
+class LogReplay:
+    """Turns the rows of a log into messages, counting the rows it cannot use.
+
+    :meth:`records` gives them all in file order (for rate-paced or unpaced sending);
+    :meth:`chunks` gives them in time-scaled chunks as a :class:`ReplaySchedule` has
+    them fall due. With ``rewrite_ts`` each event's time is the wall clock when it is
+    taken, which is when it is about to be sent.
+    """
 
     def __init__(
-        self, rows: Iterator[Event | BadRow], schedule: ReplaySchedule, *, rewrite_ts: bool
+        self, rows: Iterator[Event | BadRow], *, rewrite_ts: bool = False, topic_prefix: str = ""
     ) -> None:
         self._rows = rows
-        self._schedule = schedule
         self._rewrite_ts = rewrite_ts
-        self._next: tuple[float, Event] | None = None
+        self._topic_prefix = topic_prefix
+        #: Rows that could not be parsed, counted as they are read.
         self.skipped = 0
 
-    async def chunks(self, clock: Clock, wall_clock: Clock) -> AsyncIterator[list[GeneratedEvent]]:
+    def records(self, *, wall_clock: Clock = time.time) -> Iterator[GeneratedEvent]:
+        for event in self._events():
+            yield self._record(event, wall_clock)
+
+    async def chunks(
+        self,
+        schedule: ReplaySchedule,
+        *,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> AsyncGenerator[list[GeneratedEvent], None]:
+        events = ((schedule.due_s(event.ts), event) for event in self._events())
+        upcoming = next(events, None)
         started = clock()
-        while True:
+        while upcoming is not None:
             elapsed = clock() - started
-            chunk = self._due(elapsed, wall_clock)
-            if chunk:
-                yield chunk
-            elif self._next is None:
-                return
-            else:
-                await asyncio.sleep(min(self._next[0] - elapsed, MAX_IDLE_SLEEP_S))
-                yield []  # lets the sender check its duration during long waits
+            chunk: list[GeneratedEvent] = []
+            while upcoming is not None and upcoming[0] <= elapsed and len(chunk) < MAX_CHUNK:
+                chunk.append(self._record(upcoming[1], wall_clock))
+                upcoming = next(events, None)
+            if not chunk and upcoming is not None:
+                await sleep(min(upcoming[0] - elapsed, MAX_IDLE_SLEEP_S))
+            # An empty chunk still lets the sender check its limits during long waits.
+            yield chunk
 
-    def _due(self, elapsed: float, wall_clock: Clock) -> list[GeneratedEvent]:
-        chunk: list[GeneratedEvent] = []
-        while len(chunk) < MAX_CHUNK:
-            upcoming = self._peek()
-            if upcoming is None or upcoming[0] > elapsed:
-                break
-            event = upcoming[1]
-            if self._rewrite_ts:
-                event = dataclasses.replace(event, ts=round(wall_clock(), 3))
-            chunk.append(record_for(event))
-            self._next = None
-        return chunk
-
-    def _peek(self) -> tuple[float, Event] | None:
-        while self._next is None:
-            row = next(self._rows, None)
-            if row is None:
-                return None
+    def _events(self) -> Iterator[Event]:
+        for row in self._rows:
             if isinstance(row, BadRow):
                 self.skipped += 1
-                continue
-            self._next = (self._schedule.due_s(row.ts), row)
-        return self._next
+            else:
+                yield row
+
+    def _record(self, event: Event, wall_clock: Clock) -> GeneratedEvent:
+        if self._rewrite_ts:
+            event = dataclasses.replace(event, ts=round(wall_clock(), 3))
+        return record_for(event, self._topic_prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    duration: float | None
+    count: int | None
+    stop: asyncio.Event | None
+
+    def __post_init__(self) -> None:
+        if self.duration is not None and not self.duration > 0:
+            raise ValueError("duration must be > 0 seconds")
+        if self.count is not None and self.count < 0:
+            raise ValueError("count must be >= 0")
+
+    def reached(self, queued: int, elapsed_s: float) -> bool:
+        return (
+            (self.count is not None and queued >= self.count)
+            or (self.duration is not None and elapsed_s >= self.duration)
+            or (self.stop is not None and self.stop.is_set())
+        )
 
 
 async def _send_all(
-    chunks: AsyncIterator[list[GeneratedEvent]],
+    chunks: AsyncGenerator[list[GeneratedEvent], None],
     *,
     bootstrap: str | Iterable[str],
-    duration: float | None,
-    count: int | None,
+    limits: _Limits,
     progress: ProgressCallback | None,
     producer_options: Mapping[str, Any] | None,
 ) -> ProduceSummary:
@@ -372,17 +426,8 @@ async def _send_all(
     reporter = _Reporter(tally, progress, time.monotonic)
     ticker = asyncio.create_task(reporter.every(1.0))
     try:
-        queued = 0
-        async for chunk in chunks:
-            if duration is not None and reporter.elapsed_s() >= duration:
-                break
-            allowed = chunk if count is None else chunk[: count - queued]
-            await _send_chunk(producer, allowed, tally)
-            queued += len(allowed)
-            if count is not None and queued >= count:
-                break
-            # Give the producer's sender task a turn even when no send had to wait.
-            await asyncio.sleep(0)
+        async with contextlib.aclosing(chunks):
+            await _pump(chunks, producer, tally, limits, reporter.elapsed_s)
         await producer.flush()
         await tally.settle()
     finally:
@@ -391,6 +436,26 @@ async def _send_all(
         await producer.stop()
     reporter.report()
     return tally.summary(reporter.elapsed_s())
+
+
+async def _pump(
+    chunks: AsyncIterator[list[GeneratedEvent]],
+    producer: AIOKafkaProducer,
+    tally: _Tally,
+    limits: _Limits,
+    elapsed_s: Clock,
+) -> None:
+    queued = 0
+    async for chunk in chunks:
+        if limits.reached(queued, elapsed_s()):
+            return
+        allowed = chunk if limits.count is None else chunk[: limits.count - queued]
+        await _send_chunk(producer, allowed, tally)
+        queued += len(allowed)
+        if limits.reached(queued, elapsed_s()):
+            return  # before the source makes (or waits for) another chunk
+        # Give the producer's sender task a turn even when no send had to wait.
+        await asyncio.sleep(0)
 
 
 def partition_for(key: bytes | None, partitions: Sequence[int]) -> int:

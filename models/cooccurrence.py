@@ -23,9 +23,12 @@ The pipeline, as the streaming agents run it (and :mod:`models.replay` offline):
 click 3, buy 5: intent grows along the funnel). A pair weighs the *smaller* of its two
 interactions' weights, a fuzzy set intersection: a pair's weight never exceeds either
 item's occurrence weight, which keeps the 2x2 contingency tables of the likelihood
-ratio consistent. A user contributes each pair once per window: re-visiting an item
-that is still in the window adds nothing, unless the event type is stronger than
-before (a view then a buy), in which case only the difference is added.
+ratio consistent. It is then halved (``pair_decay``) for every item that came between
+the two, so the next item a user looks at counts most. A user contributes each pair
+once per window: re-visiting an item that is still in the window adds nothing, unless
+the event type is stronger than before (a view then a buy), in which case only the
+difference is added. ``docs/COOCCURRENCE.md`` gives the measurements behind these
+choices.
 
 >>> from models.events import Event, EventType
 >>> from models.profile import RecentItem
@@ -76,6 +79,9 @@ class CoocConfig:
     #: ... and among the user's last this many items (the profile keeps at most
     #: ``ProfileConfig.max_recent`` of them, which caps this).
     window_items: int = 5
+    #: A pair's weight is multiplied by this for every item between the two: the next
+    #: item a user looks at says more about the current one than the one after.
+    pair_decay: float = 0.5
     event_weights: Mapping[EventType, float] = field(
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS)
     )
@@ -91,6 +97,8 @@ class CoocConfig:
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.window_items < 1:
             raise ValueError("the pair window needs window_s > 0 and window_items >= 1")
+        if not 0 < self.pair_decay <= 1:
+            raise ValueError("pair_decay must be in (0, 1]")
         if self.top_k < 1:
             raise ValueError("top_k must be >= 1")
         missing = set(EventType) - set(self.event_weights)
@@ -115,7 +123,9 @@ class Increment(NamedTuple):
     neighbours: tuple[tuple[str, float], ...]
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps([ENCODING_VERSION, self.item_id, self.ts, self.occurrences, self.neighbours])
+        return orjson.dumps(
+            [ENCODING_VERSION, self.item_id, self.ts, self.occurrences, self.neighbours]
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Increment:
@@ -150,12 +160,15 @@ def pair_increments(
                 window.append((recent.item_id, weights[recent.type]))
     if weight <= previous:
         return []
-    pairs = tuple(
-        (other, min(weight, other_weight) - min(previous, other_weight))
-        for other, other_weight in window
-        if other_weight > previous
-    )
-    increments = [Increment(item, ts, weight - previous, pairs)]
+    # Walk from the nearest recent item back: each step away scales the pair by pair_decay.
+    pairs: list[tuple[str, float]] = []
+    scale = 1.0
+    for other, other_weight in reversed(window):
+        if other_weight > previous:
+            pair_weight = min(weight, other_weight) - min(previous, other_weight)
+            pairs.append((other, pair_weight * scale))
+        scale *= config.pair_decay
+    increments = [Increment(item, ts, weight - previous, tuple(pairs))]
     for other, pair_weight in pairs:
         increments.append(Increment(other, ts, 0.0, ((item, pair_weight),)))
     return increments
@@ -182,51 +195,47 @@ class DecayedValue:
         return self.value * _decay(now - self.ts, half_life_s) if self.value else 0.0
 
 
-class Row:
-    """One item's co-occurrence state: its decayed occurrence count and neighbours.
+class Row(DecayedValue):
+    """One item's co-occurrence state: its decayed occurrence count and its neighbours.
 
-    Memory bound: at most ``max_neighbours`` neighbours (see
-    :class:`~models.popularity.DecayedCounter` for the pruning guarantee).
+    The row *is* the item's occurrence count (``value`` as of ``ts``, see
+    :class:`DecayedValue`) plus ``neighbours``: at most ``max_neighbours`` decayed pair
+    weights (see :class:`~models.popularity.DecayedCounter` for the pruning guarantee).
     """
 
-    __slots__ = ("neighbours", "occurrences")
+    __slots__ = ("neighbours",)
 
     def __init__(
-        self, occurrences: DecayedValue | None = None, neighbours: DecayedCounter | None = None
+        self, value: float = 0.0, ts: float = -math.inf, neighbours: DecayedCounter | None = None
     ) -> None:
-        self.occurrences = occurrences if occurrences is not None else DecayedValue()
+        # No super().__init__(): a replay creates a row for almost every item it meets.
+        self.value = value
+        self.ts = ts
         self.neighbours = neighbours if neighbours is not None else DecayedCounter()
 
     def apply(self, increment: Increment, config: CoocConfig) -> None:
         """Fold one increment in (late increments count with their decayed weight)."""
-        ts = increment.ts
-        if increment.occurrences:
-            self.occurrences.add(increment.occurrences, ts, config.half_life_s)
-        if increment.neighbours:
+        _, ts, occurrences, neighbours = increment
+        if occurrences:
+            self.add(occurrences, ts, config.half_life_s)
+        if neighbours:
             bound = config.neighbour_bound
             counter = self.neighbours
             boost = counter.boost(ts, bound)
-            for other, weight in increment.neighbours:
-                boosted = weight * boost
-                counter.mass += boosted
-                counter.add_boosted(other, boosted, bound)
-
-    def count_at(self, now: float, half_life_s: float) -> float:
-        """The decayed occurrence count at ``now``."""
-        return self.occurrences.at(now, half_life_s)
+            for other, weight in neighbours:
+                counter.add_boosted(other, weight * boost, bound)
 
     def to_bytes(self) -> bytes:
         """Positional orjson form, about ``M * (len(item_id) + 25)`` bytes."""
-        occ = self.occurrences
-        count_ts = occ.ts if math.isfinite(occ.ts) else None
-        return orjson.dumps([ENCODING_VERSION, occ.value, count_ts, *self.neighbours.to_list()])
+        ts = self.ts if math.isfinite(self.ts) else None
+        return orjson.dumps([ENCODING_VERSION, self.value, ts, *self.neighbours.to_list()])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Row:
         data: list[Any] = orjson.loads(raw)
         _check_version(data[0], "row")
-        count_ts = -math.inf if data[2] is None else data[2]
-        return cls(DecayedValue(data[1], count_ts), DecayedCounter.from_list(data[3:]))
+        ts = -math.inf if data[2] is None else data[2]
+        return cls(data[1], ts, DecayedCounter.from_list(data[3:]))
 
 
 def score_row(
@@ -245,7 +254,7 @@ def score_row(
     score 0 (no positive association) are left out; ties are broken by item id.
     """
     half_life = config.half_life_s
-    own = row.count_at(now, half_life)
+    own = row.at(now, half_life)
     factor = math.exp2((row.neighbours.landmark - now) / half_life)
     score = _SCORERS[config.scoring]
     scored: list[tuple[str, float]] = []

@@ -19,23 +19,30 @@ excluding them is also what the push policy does.
 Recommenders, all filling their ``k`` slots from the same information:
 
 * ``cooccurrence`` — :func:`~models.cooccurrence.blend_related` of the related lists
-  (top-K, scored rows) of the user's last ``query_items`` items, the most recent
-  weighted most, topped up from the decayed popularity (the system's cold-start
-  fallback; ``fallback_share`` says how many slots that filled);
-* ``popularity`` — the decayed overall popularity alone;
+  (top-K, scored rows) of the user's last ``query_items`` items, the i-th most recent
+  weighted by ``recency ** i``;
 * ``coview`` — a naive item-to-item table: raw, undecayed, unbounded counts of items
   co-occurring within a user's last 5 events (repeats included), queried with the
-  user's last 3 events' top-20 co-items summed by count, topped up from popularity
-  (the same peer as ``push_precision.py`` in the shared tools).
+  user's last 3 events' top-20 co-items summed by count (the same peer as
+  ``push_precision.py`` in the shared tools);
+* ``popularity`` — the decayed overall popularity (:class:`~models.popularity.Popularity`);
+* ``category_popularity`` — the decayed popularity in the category of the user's latest
+  item, topped up from the overall list.
+
+The two item-to-item recommenders leave slots empty when their table knows too little;
+both fill them from the same ``fallback`` list (:class:`Fallback`), so the comparison
+of the two is a comparison of the tables. ``fallback_share`` says how many slots the
+fallback filled and ``hr@k_without_fallback`` counts only hits in the table's own slots.
 
 Run it: ``python -m models.evaluate --events FILE --json``.
 
 >>> from models.events import Event, EventType
->>> log = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "b")]
+>>> log = [("u1", "a"), ("u1", "b"), ("u2", "c"), ("u2", "d"), ("u3", "c"), ("u3", "d"),
+...        ("u4", "a"), ("u4", "b")]
 >>> events = [Event(f"e{n}", EventType.VIEW, u, i, 100.0 + n) for n, (u, i) in enumerate(log)]
->>> report = evaluate(events)
->>> report["targets"], report["recommenders"]["cooccurrence"]["hr@10"]
-(3, 1.0)
+>>> report = evaluate(events, EvalConfig(k=1))
+>>> report["targets"], {name: r["hr@1"] for name, r in report["recommenders"].items()}
+(4, {'cooccurrence': 0.5, 'popularity': 0.25, 'category_popularity': 0.25, 'coview': 0.5})
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import sys
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,9 +61,10 @@ import orjson
 from models.cooccurrence import blend_related
 from models.events import Event
 from models.logfile import BadRow, open_events
+from models.profile import Profile
 from models.replay import Replay, ReplayConfig, ReplayStats
 
-RECOMMENDERS: Final = ("cooccurrence", "popularity", "coview")
+RECOMMENDERS: Final = ("cooccurrence", "popularity", "category_popularity", "coview")
 DEFAULT_K: Final = 10
 #: The naive co-view peer, as defined in the module doc.
 COVIEW_WINDOW: Final = 5
@@ -63,42 +72,66 @@ COVIEW_QUERY: Final = 3
 COVIEW_FANOUT: Final = 20
 
 
+class Fallback(StrEnum):
+    """Where the item-to-item recommenders find items for the slots their table leaves."""
+
+    #: The overall popularity list (as the shared tools' co-view peer does).
+    OVERALL = "overall"
+    #: Popularity in the category of the user's latest item, then overall.
+    CATEGORY = "category"
+
+
 @dataclass(frozen=True, slots=True)
 class EvalConfig:
     k: int = DEFAULT_K
-    #: The co-occurrence recommender queries the related lists of this many recent items,
-    query_items: int = 3
+    #: The co-occurrence recommender queries the related lists of this many recent items
+    #: (the profile keeps at most ``ProfileConfig.max_recent``),
+    query_items: int = 10
     #: ... weighting the i-th most recent (i = 0, 1, ...) by ``recency ** i``.
     recency: float = 0.5
+    fallback: Fallback = Fallback.OVERALL
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
 
 class _Score:
     """HR, MRR and coverage of one recommender."""
 
-    __slots__ = ("fallback_slots", "hits", "reciprocal_ranks", "recommended", "slots")
+    __slots__ = (
+        "fallback_slots",
+        "hits",
+        "own_hits",
+        "reciprocal_ranks",
+        "recommended",
+        "slots",
+    )
 
     def __init__(self) -> None:
         self.hits = 0
+        #: Hits among the slots the recommender filled itself (before any fallback).
+        self.own_hits = 0
         self.reciprocal_ranks = 0.0
         self.recommended: set[str] = set()
         self.slots = 0
         self.fallback_slots = 0
 
     def record(self, items: Sequence[str], target: str, fallback: int = 0) -> None:
+        """``items`` ranked best first; the last ``fallback`` of them came from the fallback."""
         self.recommended.update(items)
         self.slots += len(items)
         self.fallback_slots += fallback
         if target in items:
+            rank = items.index(target) + 1
             self.hits += 1
-            self.reciprocal_ranks += 1.0 / (items.index(target) + 1)
+            self.own_hits += rank <= len(items) - fallback
+            self.reciprocal_ranks += 1.0 / rank
 
     def report(self, k: int, targets: int, catalogue: int) -> dict[str, float]:
         return {
-            f"hr@{k}": self.hits / targets if targets else 0.0,
-            f"mrr@{k}": self.reciprocal_ranks / targets if targets else 0.0,
-            "coverage": len(self.recommended) / catalogue if catalogue else 0.0,
-            "fallback_share": self.fallback_slots / self.slots if self.slots else 0.0,
+            f"hr@{k}": _share(self.hits, targets),
+            f"mrr@{k}": _share(self.reciprocal_ranks, targets),
+            "coverage": _share(len(self.recommended), catalogue),
+            "fallback_share": _share(self.fallback_slots, self.slots),
+            f"hr@{k}_without_fallback": _share(self.own_hits, targets),
         }
 
 
@@ -160,20 +193,23 @@ class _Evaluation:
 
     def _recommend(self, user_id: str, touched: set[str]) -> dict[str, tuple[list[str], int]]:
         k = self.config.k
-        popular = [item for item, _ in self.replay.popularity.top(2 * k, exclude=touched)]
-        cooc = self._cooccurrence(user_id, touched)
-        coview = self.coview.recommend(user_id, k, touched)
+        profile = self.replay.profile(user_id)
+        assert profile is not None, "a target's user has an earlier applied event"
+        popularity = self.replay.popularity
+        # 2k: enough to top up a list of k whatever it already holds.
+        popular = [item for item, _ in popularity.top(2 * k, exclude=touched)]
+        category = profile.recent[-1].category or None
+        in_category = [item for item, _ in popularity.top(2 * k, category, exclude=touched)]
+        fallback = in_category if self.config.fallback is Fallback.CATEGORY else popular
         return {
-            "cooccurrence": _top_up(cooc, popular, k),
+            "cooccurrence": _top_up(self._cooccurrence(profile, touched), fallback, k),
             "popularity": (popular[:k], 0),
-            "coview": _top_up(coview, popular, k),
+            "category_popularity": (in_category[:k], 0),
+            "coview": _top_up(self.coview.recommend(user_id, k, touched), fallback, k),
         }
 
-    def _cooccurrence(self, user_id: str, touched: set[str]) -> list[str]:
+    def _cooccurrence(self, profile: Profile, touched: set[str]) -> list[str]:
         cfg = self.config
-        profile = self.replay.profile(user_id)
-        if profile is None:
-            return []
         latest_first = reversed(profile.recent[-cfg.query_items :])
         sources = [
             (self.replay.related(r.item_id), cfg.recency**age) for age, r in enumerate(latest_first)
@@ -234,6 +270,10 @@ def _top_up(items: list[str], fallback: Sequence[str], k: int) -> tuple[list[str
     return out, len(out) - min(len(items), k)
 
 
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
 def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
@@ -251,9 +291,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=Path, required=True, help="CSV event log")
     parser.add_argument("--k", type=int, default=DEFAULT_K)
+    parser.add_argument(
+        "--fallback",
+        choices=[f.value for f in Fallback],
+        default=Fallback.OVERALL.value,
+        help="what fills the slots the item-to-item tables leave empty",
+    )
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = parser.parse_args(argv)
-    report = evaluate(open_events(args.events), EvalConfig(k=args.k))
+    report = evaluate(
+        open_events(args.events), EvalConfig(k=args.k, fallback=Fallback(args.fallback))
+    )
     if args.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
@@ -261,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{report['targets']} next-distinct-item targets, {report['items']} items")
     for name, values in report["recommenders"].items():
         print(
-            f"{name:>13}: HR@{k} {values[f'hr@{k}']:.4f}  MRR@{k} {values[f'mrr@{k}']:.4f}"
+            f"{name:>19}: HR@{k} {values[f'hr@{k}']:.4f}  MRR@{k} {values[f'mrr@{k}']:.4f}"
             f"  coverage {values['coverage']:.3f}"
         )
     return 0

@@ -44,7 +44,7 @@ from typing import Any, Final
 import orjson
 
 from models.events import Event, EventType
-from models.profile import DEFAULT_EVENT_WEIGHTS, UNKNOWN_CATEGORY
+from models.profile import DEFAULT_EVENT_WEIGHTS
 
 #: Move the landmark after this many half-lives: boosts stay below 2**64.
 REBASE_HALF_LIVES: Final = 64.0
@@ -100,17 +100,16 @@ class DecayedCounter:
         if math.isnan(self.landmark):
             self.landmark = ts
         elif ts - self.landmark > REBASE_HALF_LIVES * bound.half_life_s:
-            self._rebase(ts, bound.half_life_s)
+            self.rebase(ts, bound.half_life_s)
         return math.exp2((ts - self.landmark) / bound.half_life_s)
 
     def add(self, key: str, weight: float, ts: float, bound: Bound) -> list[str]:
         """Add ``weight`` to ``key`` at time ``ts``; return the keys pruned to make room."""
-        boosted = weight * self.boost(ts, bound)
-        self.mass += boosted
-        return self.add_boosted(key, boosted, bound)
+        return self.add_boosted(key, weight * self.boost(ts, bound), bound)
 
     def add_boosted(self, key: str, boosted: float, bound: Bound) -> list[str]:
-        """Add an already boosted weight (see :meth:`boost`); ``mass`` is the caller's."""
+        """Add a weight already multiplied by :meth:`boost`; return the keys pruned."""
+        self.mass += boosted
         weights = self.weights
         if key in weights:
             weights[key] += boosted
@@ -160,9 +159,12 @@ class DecayedCounter:
         landmark, mass, weights = data
         return cls(math.nan if landmark is None else landmark, mass, weights)
 
-    def _rebase(self, ts: float, half_life_s: float) -> None:
+    def rebase(self, ts: float, half_life_s: float) -> None:
+        """Move the landmark to ``ts``, forgetting keys that decayed to nothing."""
         factor = math.exp2((self.landmark - ts) / half_life_s)
-        self.weights = {k: w * factor for k, w in self.weights.items() if w * factor >= FORGET_BELOW}
+        self.weights = {
+            k: w * factor for k, w in self.weights.items() if w * factor >= FORGET_BELOW
+        }
         self.mass *= factor
         self.landmark = ts
 
@@ -202,51 +204,93 @@ class PopularityConfig:
         return Bound(capacity, self.half_life_s)
 
 
+class _Groups:
+    """Item counters for a bounded set of groups (categories or segments).
+
+    The groups' own decayed weights decide which groups are tracked: when a group is
+    pruned from ``weights``, its item counter goes too.
+    """
+
+    __slots__ = ("counters", "groups_bound", "items_bound", "weights")
+
+    def __init__(self, groups_bound: Bound, items_bound: Bound) -> None:
+        self.groups_bound = groups_bound
+        self.items_bound = items_bound
+        self.weights = DecayedCounter()
+        self.counters: dict[str, DecayedCounter] = {}
+
+    def add_boosted(self, group: str, item: str, boosted: float, landmark: float) -> None:
+        for gone in self.weights.add_boosted(group, boosted, self.groups_bound):
+            self.counters.pop(gone, None)
+        if group not in self.weights.weights:
+            return  # the group itself is too weak to be tracked
+        counter = self.counters.get(group)
+        if counter is None:
+            counter = self.counters[group] = DecayedCounter(landmark)
+        counter.add_boosted(item, boosted, self.items_bound)
+
+    def all_counters(self) -> list[DecayedCounter]:
+        return [self.weights, *self.counters.values()]
+
+    def to_list(self) -> list[Any]:
+        return [self.weights.to_list(), {k: c.to_list() for k, c in self.counters.items()}]
+
+    def load(self, data: list[Any]) -> None:
+        self.weights = DecayedCounter.from_list(data[0])
+        self.counters = {k: DecayedCounter.from_list(v) for k, v in data[1].items()}
+
+
 class Popularity:
     """Decayed popularity of items overall, per category and per segment id.
 
-    Memory bound: ``max_items + max_categories * max_items_per_category +
-    max_segments * max_items_per_segment`` item weights plus the category and segment
-    weights themselves (about 72,000 entries, a few MB, with the defaults).
+    All counters share one landmark, so an event costs one decay factor however many
+    counters it feeds. Memory bound: ``max_items + max_categories *
+    max_items_per_category + max_segments * max_items_per_segment`` item weights plus
+    the category and segment weights (about 63,000 entries with the defaults).
     """
 
     def __init__(self, config: PopularityConfig | None = None) -> None:
         self.config = config or PopularityConfig()
         cfg = self.config
         self._overall_bound = cfg.bound(cfg.max_items)
-        self._category_bound = cfg.bound(cfg.max_items_per_category)
-        self._segment_bound = cfg.bound(cfg.max_items_per_segment)
-        self._categories_bound = cfg.bound(cfg.max_categories)
-        self._segments_bound = cfg.bound(cfg.max_segments)
+        self.landmark = math.nan
         self.overall = DecayedCounter()
-        self.by_category: dict[str, DecayedCounter] = {}
-        self.by_segment: dict[int, DecayedCounter] = {}
-        #: Decayed weight of each tracked category / segment: decides which to drop.
-        self._category_weights = DecayedCounter()
-        self._segment_weights = DecayedCounter()
+        self.categories = _Groups(
+            cfg.bound(cfg.max_categories), cfg.bound(cfg.max_items_per_category)
+        )
+        #: Segment ids are kept as text, like every key on the wire.
+        self.segments = _Groups(cfg.bound(cfg.max_segments), cfg.bound(cfg.max_items_per_segment))
         #: The latest event time seen: the default "now" of :meth:`top`.
         self.last_ts = -math.inf
 
     def learn_one(self, event: Event, segment: int | None = None) -> None:
         """Count one event for its item (and its category and the user's segment)."""
-        weight = self.config.event_weights[event.type]
-        ts = event.ts
-        self.last_ts = max(self.last_ts, ts)
-        self.overall.add(event.item_id, weight, ts, self._overall_bound)
-        category = event.category or UNKNOWN_CATEGORY
-        if category != UNKNOWN_CATEGORY:
-            for gone in self._category_weights.add(category, weight, ts, self._categories_bound):
-                self.by_category.pop(gone, None)
-            if category in self._category_weights.weights:
-                counter = self.by_category.setdefault(category, DecayedCounter())
-                counter.add(event.item_id, weight, ts, self._category_bound)
+        boosted = self.config.event_weights[event.type] * self._boost(event.ts)
+        self.last_ts = max(self.last_ts, event.ts)
+        item = event.item_id
+        self.overall.add_boosted(item, boosted, self._overall_bound)
+        if event.category:
+            self.categories.add_boosted(event.category, item, boosted, self.landmark)
         if segment is not None:
-            # Segment ids are ints; counters are keyed by text like everything on the wire.
-            for gone in self._segment_weights.add(str(segment), weight, ts, self._segments_bound):
-                self.by_segment.pop(int(gone), None)
-            if str(segment) in self._segment_weights.weights:
-                counter = self.by_segment.setdefault(segment, DecayedCounter())
-                counter.add(event.item_id, weight, ts, self._segment_bound)
+            self.segments.add_boosted(str(segment), item, boosted, self.landmark)
+
+    def _boost(self, ts: float) -> float:
+        half_life = self.config.half_life_s
+        if math.isnan(self.landmark):
+            self._set_landmark(ts)
+        elif ts - self.landmark > REBASE_HALF_LIVES * half_life:
+            for counter in self._counters():
+                counter.rebase(ts, half_life)
+            self._set_landmark(ts)
+        return math.exp2((ts - self.landmark) / half_life)
+
+    def _set_landmark(self, ts: float) -> None:
+        self.landmark = ts
+        for counter in self._counters():
+            counter.landmark = ts
+
+    def _counters(self) -> list[DecayedCounter]:
+        return [self.overall, *self.categories.all_counters(), *self.segments.all_counters()]
 
     def top(
         self,
@@ -280,20 +324,13 @@ class Popularity:
 
     def _group(self, category: str | None, segment: int | None) -> DecayedCounter | None:
         if category is not None:
-            return self.by_category.get(category)
-        return self.by_segment.get(segment) if segment is not None else None
+            return self.categories.counters.get(category)
+        return self.segments.counters.get(str(segment)) if segment is not None else None
 
     def to_bytes(self) -> bytes:
+        last_ts = self.last_ts if math.isfinite(self.last_ts) else None
         return orjson.dumps(
-            [
-                1,
-                self.last_ts if math.isfinite(self.last_ts) else None,
-                self.overall.to_list(),
-                {k: c.to_list() for k, c in self.by_category.items()},
-                {str(k): c.to_list() for k, c in self.by_segment.items()},
-                self._category_weights.to_list(),
-                self._segment_weights.to_list(),
-            ]
+            [1, last_ts, self.overall.to_list(), self.categories.to_list(), self.segments.to_list()]
         )
 
     @classmethod
@@ -304,8 +341,7 @@ class Popularity:
         pop = cls(config)
         pop.last_ts = -math.inf if data[1] is None else data[1]
         pop.overall = DecayedCounter.from_list(data[2])
-        pop.by_category = {k: DecayedCounter.from_list(v) for k, v in data[3].items()}
-        pop.by_segment = {int(k): DecayedCounter.from_list(v) for k, v in data[4].items()}
-        pop._category_weights = DecayedCounter.from_list(data[5])
-        pop._segment_weights = DecayedCounter.from_list(data[6])
+        pop.landmark = pop.overall.landmark
+        pop.categories.load(data[3])
+        pop.segments.load(data[4])
         return pop

@@ -205,7 +205,7 @@ class Replay:
         now, half_life = self.clock, cooc.half_life_s
         row = self.rows[item_id]
         counts = {
-            other: self.rows[other].count_at(now, half_life) for other in row.neighbours.weights
+            other: self.rows[other].at(now, half_life) for other in row.neighbours.weights
         }
         return score_row(row, now, counts, self.occurrences.at(now, half_life), cooc)
 

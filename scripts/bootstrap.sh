@@ -48,4 +48,18 @@ if [[ ! -f "$stamp" ]]; then
   .venv/bin/python -m pip install -q -e ".[$extras]"
   touch "$stamp"
 fi
+if [[ $WANT_TEST == 1 ]]; then
+  # Deployment tests render and validate with the real tools: kustomize, and compose-go's
+  # reference loader (the library `docker compose` itself uses), both built from Go modules.
+  if [[ ! -x .venv/bin/kustomize || ! -x .venv/bin/compose-spec ]]; then
+    command -v go >/dev/null 2>&1 || { echo "Go is needed once to build kustomize and compose-spec (apt-get install golang)" >&2; exit 1; }
+    say "building kustomize and compose-spec from Go modules"
+    GOBIN="$ROOT/.venv/bin" go install sigs.k8s.io/kustomize/kustomize/v5@v5.7.1
+    tmp_bin="$(mktemp -d)"
+    GOBIN="$tmp_bin" go install github.com/compose-spec/compose-go/v2/cmd@v2.16.2
+    install -m 0755 "$tmp_bin/cmd" .venv/bin/compose-spec
+    rm -rf "$tmp_bin"
+  fi
+fi
+
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -13,6 +13,7 @@ profile (see ``models.profile``) and by deterministic decision ids.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import Any
 
@@ -157,7 +158,9 @@ def _faust_app(settings: Settings) -> faust.App:
         datadir=str(settings.data_dir),
         autodiscover=False,
         web_enabled=True,
-        web_host=settings.web_host,
+        # Bind where configured; advertise the host name, so each worker has its own URL.
+        web_bind=settings.web_host,
+        web_host=socket.gethostname(),
         web_port=settings.web_port,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,

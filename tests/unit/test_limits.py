@@ -1,0 +1,180 @@
+"""The push rate limits on the in-memory limiter: the shared table, then properties."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from dataclasses import replace
+from datetime import datetime, time
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from models.limits import (
+    LimitConfig,
+    Limiter,
+    LimitRequest,
+    LimitResult,
+    Window,
+    local_midnight,
+    quiet_until,
+)
+from tests.limits_cases import CASES, DAY, HOUR, T0, Case, Check, MarkPublished, utc
+
+
+def run(limiter: Limiter, step: Check | MarkPublished) -> LimitResult | bool:
+    if isinstance(step, Check):
+        return limiter.check(step.request())
+    return limiter.mark_published(step.user, step.decision, step.at)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_shared_case(case: Case) -> None:
+    limiter = Limiter(case.config)
+    for n, step in enumerate(case.steps):
+        assert run(limiter, step) == step.expect, f"step {n}: {step}"
+
+
+def test_quiet_hours_may_lie_within_one_day() -> None:
+    utc_zone = ZoneInfo("UTC")
+    siesta = (time(13), time(15))
+    assert quiet_until(T0 + HOUR, utc_zone, *siesta) == T0 + 3 * HOUR
+    assert quiet_until(T0 + 3 * HOUR, utc_zone, *siesta) is None
+    assert quiet_until(T0, utc_zone, *siesta) is None
+
+
+def test_a_calendar_day_without_midnight_starts_when_the_clocks_jump() -> None:
+    # Havana skipped 00:00-01:00 on 10 March 2024 (UTC-5 -> UTC-4, at 05:00 UTC).
+    havana = ZoneInfo("America/Havana")
+    assert local_midnight(utc(2024, 3, 10, 12), havana) == utc(2024, 3, 10, 5)
+
+
+def test_request_items_are_deduplicated_in_order() -> None:
+    assert LimitRequest("d", "u", T0, items=("b", "a", "b")).items == ("b", "a")
+
+
+@pytest.mark.parametrize("bad", [
+    {"max_per_window": 0}, {"window_s": 0.0}, {"min_gap_s": -1.0}, {"global_burst": 0},
+    {"global_rate_per_s": 0.0}, {"decision_ttl_s": 0.0}, {"default_tz": "Not/AZone"},
+])
+def test_an_unusable_config_is_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        LimitConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_forget_user_erases_every_trace_of_the_user() -> None:
+    limiter = Limiter(LimitConfig(max_per_window=1))
+    limiter.check(LimitRequest("d1", "u1", T0, items=("a",)))
+    assert limiter.forget_user("u1") and not limiter.forget_user("u1")
+    again = limiter.check(LimitRequest("d1", "u1", T0 + HOUR, items=("a",)))
+    assert again.allowed and not again.replayed and again.items == ("a",)
+
+
+# --- properties -----------------------------------------------------------------------
+
+USERS = ("u1", "u2", "u3")
+ITEMS = ("a", "b", "c", "d")
+ZONES = (None, "Asia/Tokyo", "America/New_York")
+configs = st.builds(
+    LimitConfig,
+    max_per_window=st.integers(1, 3),
+    window=st.sampled_from(Window),
+    window_s=st.sampled_from([6 * HOUR, DAY]),
+    min_gap_s=st.sampled_from([0.0, 600.0, HOUR]),
+    item_cooldown_s=st.sampled_from([0.0, 2 * HOUR, 7 * DAY]),
+    quiet_start=st.sampled_from([time(22), time(0)]),
+    quiet_end=st.sampled_from([time(8), time(0)]),
+    global_rate_per_s=st.just(1e6),
+    global_burst=st.just(1_000_000),
+)
+
+
+@st.composite
+def request_streams(draw: st.DrawFn, transactional: bool = False) -> list[LimitRequest]:
+    """Requests in time order (whole seconds), with decision ids that repeat."""
+    steps = draw(st.lists(st.tuples(
+        st.sampled_from([0, 1, 60, 599, 600, 1800, 3599, 3600, 7200, 6 * 3600, 86399, 86400]),
+        st.sampled_from(USERS),
+        st.integers(0, 9),
+        st.lists(st.sampled_from(ITEMS), max_size=3),
+        st.sampled_from(ZONES),
+        st.booleans() if transactional else st.just(False),
+    ), max_size=40))
+    now, out = T0, []
+    for gap, user, decision, items, tz, is_transactional in steps:
+        now += gap
+        out.append(LimitRequest(f"{user}-{decision}", user, now, tuple(items), tz,
+                                transactional=is_transactional))
+    return out
+
+
+def fresh_pushes(config: LimitConfig, requests: list[LimitRequest]) -> dict[str, list[tuple[float, tuple[str, ...], str | None]]]:
+    """user -> (time, items, zone) of every push allowed for the first time."""
+    limiter = Limiter(config)
+    pushes = defaultdict(list)
+    for request in requests:
+        result = limiter.check(request)
+        if result.allowed and not result.replayed:
+            pushes[request.user_id].append((request.now, result.items, request.tz))
+    return pushes
+
+
+def in_quiet_hours(clock: time, config: LimitConfig) -> bool:
+    start, end = config.quiet_start, config.quiet_end
+    return start <= clock < end if start <= end else clock >= start or clock < end
+
+
+def local(ts: float, tz: str | None, config: LimitConfig) -> datetime:
+    return datetime.fromtimestamp(ts, ZoneInfo(tz or config.default_tz))
+
+
+@given(configs, request_streams())
+def test_allowed_pushes_never_break_a_limit(config: LimitConfig, requests: list[LimitRequest]) -> None:
+    for pushes in fresh_pushes(config, requests).values():
+        times = [t for t, _, _ in pushes]
+        n = config.max_per_window
+        if config.window is Window.ROLLING:
+            # Of any n + 1 consecutive pushes, the first is out of the last one's window.
+            assert all(last - first >= config.window_s for first, last in zip(times, times[n:], strict=False))
+        else:
+            days = [local(t, tz, config).date() for t, _, tz in pushes]
+            assert all(days.count(day) <= n for day in days)
+        assert all(later - first >= config.min_gap_s for first, later in itertools.pairwise(times))
+        last_pushed: dict[str, float] = {}
+        for t, items, tz in pushes:
+            for item in items:
+                assert t - last_pushed.get(item, -math.inf) >= config.item_cooldown_s
+                last_pushed[item] = t
+            assert not in_quiet_hours(local(t, tz, config).time(), config)
+
+
+@given(configs, request_streams(transactional=True),
+       st.sampled_from([(1e6, 1_000_000), (0.001, 2)]))
+def test_replaying_every_decision_changes_nothing(
+    config: LimitConfig, requests: list[LimitRequest], budget: tuple[float, int]
+) -> None:
+    config = replace(config, global_rate_per_s=budget[0], global_burst=budget[1])
+    once, twice = Limiter(config), Limiter(config)
+    for request in requests:
+        first = once.check(request)
+        assert twice.check(request) == first
+        assert twice.check(request) == replace(first, replayed=True)
+
+
+@given(st.lists(st.integers(0, 3), max_size=60), st.sampled_from([(0.5, 1), (2.0, 3)]))
+def test_the_global_budget_never_exceeds_its_rate_plus_burst(
+    gaps: list[int], budget: tuple[float, int]
+) -> None:
+    rate, burst = budget
+    limiter = Limiter(LimitConfig(global_rate_per_s=rate, global_burst=burst))
+    times, now = [], T0
+    for n, gap in enumerate(gaps):
+        now += gap
+        if limiter.check(LimitRequest(f"d{n}", f"user{n}", now)).allowed:
+            times.append(now)
+    for i, start in enumerate(times):
+        for j in range(i, len(times)):
+            assert j - i + 1 <= burst + rate * (times[j] - start)
