@@ -228,7 +228,7 @@ def quiet_until(now: float, zone: ZoneInfo, start: time, end: time) -> float | N
     elif clock >= start:
         quiet, end_date = True, local.date() + timedelta(days=1)
     else:
-        quiet, end_date = False, local.date()
+        quiet, end_date = clock < end, local.date()
     return datetime.combine(end_date, end, tzinfo=zone).timestamp() if quiet else None
 
 

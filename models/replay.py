@@ -204,9 +204,7 @@ class Replay:
         cooc = self.config.cooc
         now, half_life = self.clock, cooc.half_life_s
         row = self.rows[item_id]
-        counts = {
-            other: self.rows[other].at(now, half_life) for other in row.neighbours.weights
-        }
+        counts = {other: self.rows[other].at(now, half_life) for other in row.neighbours.weights}
         return score_row(row, now, counts, self.occurrences.at(now, half_life), cooc)
 
 

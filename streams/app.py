@@ -18,20 +18,51 @@ import time
 from typing import Any
 
 import faust
+import orjson
+import redis.asyncio as aioredis
 from aiohttp import web as aiohttp_web
+from faust.types import TableT
 
 from models.events import Rejection, decode_event
+from models.features import FeatureConfig
 from models.profile import Profile, ProfileConfig, update
 from streams import metrics
 from streams.codecs import dlq_record
+from streams.segmentation import (
+    SNAPSHOT_INTERVAL_S,
+    SNAPSHOT_KEY,
+    SegmentTrainerService,
+    SnapshotFollower,
+    read_latest_snapshot,
+    should_sample,
+    snapshot_summary,
+    training_record,
+)
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-RAW_SCHEMA = faust.Schema(
+RAW_SCHEMA: faust.Schema[bytes, bytes] = faust.Schema(
     key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
 )
+#: RocksDB defaults (3 x 64 MiB write buffers per partition, a 2 GiB block cache) would
+#: outgrow a 2 GiB container; these keep a table's RocksDB footprint near 100 MiB.
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 16 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 64 * 1024 * 1024,
+}
+#: How many profiles the segment-size gauge looks at per refresh (an estimate beyond).
+SEGMENT_GAUGE_SAMPLE = 5000
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """Short timeouts: a dead Redis must fail a decision fast (closed), not stall a stream."""
+    return aioredis.from_url(
+        settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0,
+        health_check_interval=10, retry_on_timeout=False,
+    )
 
 
 class Worker:
@@ -47,12 +78,25 @@ class Worker:
         self.dlq_topic = self.app.topic(self.topics.dlq)
         # Keys are the user id's UTF-8 bytes and values the encoded profile, both "raw":
         # what recovery reads back from the changelog is exactly what was written.
-        self.profiles = self.app.Table(
-            "profiles", partitions=settings.partitions, schema=RAW_SCHEMA
-        )
+        self.profiles = self._table("profiles")
+        self.redis = redis_client(settings)
+        self.segments_train_topic = self.app.topic(self.topics.segments_train, partitions=1)
+        self.segments_model_topic = self.app.topic(self.topics.segments_model, partitions=1)
+        self.segments = SnapshotFollower(settings)
+        self.trainer = SegmentTrainerService(settings, self.redis)
         self.app.agent(self.events_topic, name="ingest")(self._ingest)
+        self.app.agent(self.segments_train_topic, name="segment-trainer")(self._train_segments)
+        self.app.task(self.segments.run)
+        self.app.timer(SNAPSHOT_INTERVAL_S)(self._publish_segments)
         self.app.timer(5.0)(self._refresh_gauges)
+        self.app.timer(30.0)(self._refresh_segment_gauges)
+        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
         self._add_pages()
+
+    def _table(self, name: str) -> TableT[bytes, bytes]:
+        return self.app.Table(
+            name, partitions=self.settings.partitions, schema=RAW_SCHEMA, options=ROCKSDB_OPTIONS
+        )
 
     # --- agents --------------------------------------------------------------------
 
@@ -90,8 +134,36 @@ class Worker:
             metrics.EVENTS_DUPLICATE.inc()
             return
         self.profiles[user_key] = profile.to_bytes()
+        if should_sample(profile.events):
+            await self._sample_for_segments(profile, now)
         metrics.CONSUMED_BY_TYPE[decoded.type].inc()
         metrics.EVENT_LAG.observe(max(0.0, time.time() - decoded.ts))
+
+    async def _sample_for_segments(self, profile: Profile, now: float) -> None:
+        snapshot = self.segments.current
+        features = snapshot.features if snapshot is not None else FeatureConfig()
+        await self.segments_train_topic.send(value=training_record(profile, now, features))
+
+    async def _train_segments(self, stream: faust.StreamT[bytes]) -> None:
+        """The single trainer (segments.train has one partition) learns every sample."""
+        async for record in stream:
+            if not self.trainer.started:
+                await self.trainer.start(await read_latest_snapshot(self.settings))
+            await self.trainer.learn(record)
+
+    async def _publish_segments(self) -> None:
+        """On the trainer's worker: publish a new snapshot version, then checkpoint."""
+        snapshot = await self.trainer.snapshot()
+        if snapshot is not None:
+            await self.segments_model_topic.send(key=SNAPSHOT_KEY, value=snapshot.to_bytes())
+            self.segments.apply(snapshot)
+            await self.trainer.checkpoint()
+
+    async def _on_partitions_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        if any(tp.topic == self.topics.segments_train for tp in revoked):
+            # Another worker trains now; if the partition comes back, resume from its
+            # checkpoint rather than from this worker's stale model.
+            self.trainer.stop()
 
     async def _dead_letter(
         self,
@@ -119,8 +191,10 @@ class Worker:
 
     async def _refresh_gauges(self) -> None:
         metrics.PROFILES.set(len(self.profiles))
+        await self._check_redis()
         consumer = self.app.consumer
-        lag: dict[str, int] = {}
+        # Start from zero so partitions lost in a rebalance stop counting here.
+        lag: dict[str, int] = dict.fromkeys(self.topics.events.values(), 0)
         for tp in consumer.assignment():
             committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
             if committed is None:
@@ -128,6 +202,33 @@ class Worker:
             lag[tp.topic] = lag.get(tp.topic, 0) + max(0, consumer.highwater(tp) - committed)
         for topic, value in lag.items():
             metrics.CONSUMER_LAG.labels(topic=topic).set(value)
+
+    async def _check_redis(self) -> None:
+        try:
+            await self.redis.ping()
+        except Exception:
+            metrics.REDIS_UP.set(0)
+            metrics.REDIS_ERRORS.labels(operation="ping").inc()
+        else:
+            metrics.REDIS_UP.set(1)
+
+    async def _refresh_segment_gauges(self) -> None:
+        """Users per segment, counted on up to SEGMENT_GAUGE_SAMPLE local profiles."""
+        snapshot = self.segments.current
+        if snapshot is None:
+            return
+        counts = dict.fromkeys(snapshot.ids, 0)
+        seen = 0
+        now = time.time()
+        for _, raw in self.profiles.items():
+            counts[self.segments.assign(Profile.from_bytes(raw), now) or 0] += 1
+            seen += 1
+            if seen >= SEGMENT_GAUGE_SAMPLE:
+                break
+        scale = len(self.profiles) / seen if seen else 0.0
+        metrics.SEGMENT_USERS.clear()
+        for segment, count in counts.items():
+            metrics.SEGMENT_USERS.labels(segment=str(segment)).set(round(count * scale))
 
     def _add_pages(self) -> None:
         app = self.app
@@ -137,6 +238,18 @@ class Worker:
             return aiohttp_web.Response(
                 body=metrics.exposition(), content_type="text/plain", charset="utf-8"
             )
+
+        @app.page("/segments")
+        async def segments(web: Any, request: Any) -> Any:
+            """The snapshot in use; with ?vector=x1,x2,... also the segment it assigns."""
+            snapshot = self.segments.current
+            if snapshot is None:
+                return web.json({"version": 0, "warming_up": True})
+            body: dict[str, Any] = orjson.loads(snapshot_summary(snapshot))
+            vector = request.query.get("vector")
+            if vector:
+                body["assigned"] = snapshot.assign([float(x) for x in vector.split(",")])
+            return web.json(body)
 
         @app.page("/healthz")
         async def healthz(web: Any, request: Any) -> Any:

@@ -127,6 +127,34 @@ def _topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segments(args: argparse.Namespace) -> int:
+    import time
+
+    import orjson
+
+    from streams.segmentation import read_latest_snapshot, snapshot_summary
+
+    snapshot = asyncio.run(read_latest_snapshot(load_settings()))
+    if snapshot is None:
+        print("no segment snapshot yet: the trainer is warming up (or no worker ran)")
+        return 1
+    summary = orjson.loads(snapshot_summary(snapshot))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    scores = summary["scores"]
+    print(
+        f"segments v{snapshot.version}: k={snapshot.k}, {snapshot.learned:,} vectors learnt, "
+        f"{time.time() - snapshot.created_at:,.0f}s old; silhouette {scores['silhouette']:.3f}, "
+        f"Calinski-Harabasz {scores['calinski_harabasz']:.1f}, "
+        f"Davies-Bouldin {scores['davies_bouldin']:.3f}"
+    )
+    for seg in summary["segments"]:
+        top = ", ".join(f"{name} {share:.0%}" for name, share in seg["top_categories"])
+        print(f"  #{seg['id']:<3} {seg['share']:6.1%}  {seg['label']:<45} {top}")
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -149,7 +150,25 @@ class RedisLimiter:
     async def check_many(self, requests: Sequence[LimitRequest]) -> list[LimitResult]:
         """Verdicts for several decisions, one pipelined round trip per step.
 
-        The requests are applied in order, as if checked one after the other.
+        A user's requests are applied in order, as if checked one after the other: the
+        batch runs in rounds, each holding a user at most once (so as many rounds as the
+        most requests one user has in the batch). Different users' requests only share
+        the global budget; see :meth:`_check_round`.
+        """
+        results: list[LimitResult] = [UNAVAILABLE] * len(requests)
+        for indices in _rounds(requests):
+            verdicts = await self._check_round([requests[i] for i in indices])
+            for i, verdict in zip(indices, verdicts, strict=True):
+                results[i] = verdict
+        return results
+
+    async def _check_round(self, requests: Sequence[LimitRequest]) -> list[LimitResult]:
+        """Verdicts for requests of distinct users.
+
+        Tokens are taken for every request that passes its user's rules before any is
+        recorded; one taken by a request that then loses a race (with another worker, or
+        a replay) is given back only after the round, so when the budget is exhausted a
+        later request of the round may be refused where one-by-one checks would allow it.
         """
         timings = [timing(r, self.config) for r in requests]
         calls = [self._check_call(r, t, _Budget.ASK) for r, t in zip(requests, timings, strict=True)]
@@ -280,6 +299,19 @@ class RedisLimiter:
             log.info("rate limiter: Redis answers again")
         self._up = not errors
         metrics.REDIS_UP.set(1 if self._up else 0)
+
+
+def _rounds(requests: Sequence[LimitRequest]) -> list[list[int]]:
+    """Indices of the requests split so that each round holds a user at most once."""
+    rounds: list[list[int]] = []
+    seen: Counter[str] = Counter()
+    for i, request in enumerate(requests):
+        k = seen[request.user_id]
+        seen[request.user_id] += 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(i)
+    return rounds
 
 
 def _flag(value: bool) -> str:

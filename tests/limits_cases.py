@@ -5,12 +5,17 @@
 same cases against :class:`streams.limiter.RedisLimiter` on a real Redis. A case is a
 sequence of steps applied in order to a fresh limiter; each step states the verdict the
 rules require. Expected times are worked out from the rules by hand, in UTC.
+
+It also holds the strategies of *random* cases, from which the unit tests derive
+properties and the integration test compares the two limiters verdict for verdict.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time
+
+from hypothesis import strategies as st
 
 from models.limits import LimitConfig, LimitRequest, LimitResult, SuppressReason, Verdict, Window
 
@@ -155,6 +160,7 @@ CASES: tuple[Case, ...] = (
         Check(T0 + 10 * HOUR - 1, "d1", allowed()),  # 21:59:59 UTC
         Check(T0 + 10 * HOUR, "d2", deferred(T0 + 20 * HOUR)),  # 22:00 -> 08:00
         Check(T0 + 15 * HOUR, "d2", replayed(deferred(T0 + 20 * HOUR))),
+        Check(T0 + 20 * HOUR - 1, "d2", replayed(deferred(T0 + 20 * HOUR))),
         Check(T0 + 20 * HOUR, "d2", allowed()),  # re-checked when the deferral ends
         Check(T0 + 14 * HOUR, "d3", refused(EXPIRED), user="u2", expires_at=T0 + 20 * HOUR),
         Check(T0 + 14 * HOUR, "d4", deferred(T0 + 20 * HOUR), user="u2",
@@ -193,3 +199,43 @@ CASES: tuple[Case, ...] = (
         Check(T0 + 5, "d3", replayed(refused(BUDGET)), user="u3"),
     ), LimitConfig(global_rate_per_s=1.0, global_burst=2)),
 )
+
+
+# --- random cases -----------------------------------------------------------------------
+
+USERS = ("u1", "u2", "u3")
+ITEMS = ("a", "b", "c", "d")
+ZONES = (None, "Asia/Tokyo", "America/New_York")
+#: Small limits, so that every rule refuses often; an unlimited global budget (tests of
+#: the budget set their own).
+configs = st.builds(
+    LimitConfig,
+    max_per_window=st.integers(1, 3),
+    window=st.sampled_from(Window),
+    window_s=st.sampled_from([6 * HOUR, DAY]),
+    min_gap_s=st.sampled_from([0.0, 600.0, HOUR]),
+    item_cooldown_s=st.sampled_from([0.0, 2 * HOUR, 7 * DAY]),
+    quiet_start=st.sampled_from([time(22), time(0)]),
+    quiet_end=st.sampled_from([time(8), time(0)]),
+    global_rate_per_s=st.just(1e6),
+    global_burst=st.just(1_000_000),
+)
+
+
+@st.composite
+def request_streams(draw: st.DrawFn, transactional: bool = False) -> list[LimitRequest]:
+    """Requests in time order (whole seconds), with decision ids that repeat."""
+    steps = draw(st.lists(st.tuples(
+        st.sampled_from([0, 1, 60, 599, 600, 1800, 3599, 3600, 7200, 6 * 3600, 86399, 86400]),
+        st.sampled_from(USERS),
+        st.integers(0, 9),
+        st.lists(st.sampled_from(ITEMS), max_size=3),
+        st.sampled_from(ZONES),
+        st.booleans() if transactional else st.just(False),
+    ), max_size=40))
+    now, out = T0, []  # times stay whole numbers of seconds: exact differences
+    for gap, user, decision, items, tz, is_transactional in steps:
+        now += gap
+        out.append(LimitRequest(f"{user}-{decision}", user, now, tuple(items), tz,
+                                transactional=is_transactional))
+    return out

@@ -22,7 +22,17 @@ from models.limits import (
     local_midnight,
     quiet_until,
 )
-from tests.limits_cases import CASES, DAY, HOUR, T0, Case, Check, MarkPublished, utc
+from tests.limits_cases import (
+    CASES,
+    HOUR,
+    T0,
+    Case,
+    Check,
+    MarkPublished,
+    configs,
+    request_streams,
+    utc,
+)
 
 
 def run(limiter: Limiter, step: Check | MarkPublished) -> LimitResult | bool:
@@ -74,42 +84,6 @@ def test_forget_user_erases_every_trace_of_the_user() -> None:
 
 
 # --- properties -----------------------------------------------------------------------
-
-USERS = ("u1", "u2", "u3")
-ITEMS = ("a", "b", "c", "d")
-ZONES = (None, "Asia/Tokyo", "America/New_York")
-configs = st.builds(
-    LimitConfig,
-    max_per_window=st.integers(1, 3),
-    window=st.sampled_from(Window),
-    window_s=st.sampled_from([6 * HOUR, DAY]),
-    min_gap_s=st.sampled_from([0.0, 600.0, HOUR]),
-    item_cooldown_s=st.sampled_from([0.0, 2 * HOUR, 7 * DAY]),
-    quiet_start=st.sampled_from([time(22), time(0)]),
-    quiet_end=st.sampled_from([time(8), time(0)]),
-    global_rate_per_s=st.just(1e6),
-    global_burst=st.just(1_000_000),
-)
-
-
-@st.composite
-def request_streams(draw: st.DrawFn, transactional: bool = False) -> list[LimitRequest]:
-    """Requests in time order (whole seconds), with decision ids that repeat."""
-    steps = draw(st.lists(st.tuples(
-        st.sampled_from([0, 1, 60, 599, 600, 1800, 3599, 3600, 7200, 6 * 3600, 86399, 86400]),
-        st.sampled_from(USERS),
-        st.integers(0, 9),
-        st.lists(st.sampled_from(ITEMS), max_size=3),
-        st.sampled_from(ZONES),
-        st.booleans() if transactional else st.just(False),
-    ), max_size=40))
-    now, out = T0, []
-    for gap, user, decision, items, tz, is_transactional in steps:
-        now += gap
-        out.append(LimitRequest(f"{user}-{decision}", user, now, tuple(items), tz,
-                                transactional=is_transactional))
-    return out
-
 
 def fresh_pushes(config: LimitConfig, requests: list[LimitRequest]) -> dict[str, list[tuple[float, tuple[str, ...], str | None]]]:
     """user -> (time, items, zone) of every push allowed for the first time."""

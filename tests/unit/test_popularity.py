@@ -189,7 +189,7 @@ def test_popularity_survives_a_serialisation_round_trip() -> None:
         pop.learn_one(view(item, 100.0 * n, f"cat{n % 2}", n), segment=n % 3)
     copy = Popularity.from_bytes(pop.to_bytes())
     for kwargs in ({}, {"category": "cat1"}, {"segment": 2}):
-        assert copy.top(5, **kwargs) == pop.top(5, **kwargs)  # type: ignore[arg-type]
+        assert copy.top(5, **kwargs) == pop.top(5, **kwargs)
     pop.learn_one(view("c", 500.0, "cat0", 9))
     copy.learn_one(view("c", 500.0, "cat0", 9))
     assert copy.to_bytes() == pop.to_bytes()
