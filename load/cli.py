@@ -82,10 +82,9 @@ async def send(
     options = {k: v for k, v in settings.aiokafka_kwargs().items() if k != "bootstrap_servers"}
     callback = print_progress if progress else None
     if args.events:
-        if settings.topic_prefix:
-            raise SystemExit("--events with NUDGESTREAM_TOPIC_PREFIX is not supported")
         return await replay_log(
-            args.events, bootstrap=settings.kafka_bootstrap, speed=args.speed, rewrite_ts=True,
+            args.events, bootstrap=settings.kafka_bootstrap, speed=args.speed,
+            rate=None if args.speed else rate, rewrite_ts=True, topic_prefix=settings.topic_prefix,
             duration=duration, count=count, progress=callback, producer_options=options,
         )
     source = synthetic_source(args, args.rate, settings.topic_prefix)

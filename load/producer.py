@@ -9,10 +9,12 @@ Two entry points share one send loop:
   possible or time-scaled by :class:`ReplaySchedule` (``speed=60`` plays an hour in a
   minute).
 
-Both stop at ``duration`` seconds or ``count`` messages, whichever comes first, report
-progress about once a second, and flush and close the producer on every way out,
-cancellation included. Delivery is counted when the broker acknowledges it (``acks="all"``
-with an idempotent producer), so ``sent`` never counts a message that was lost.
+Both stop at ``duration`` seconds, at ``count`` messages or when a ``stop`` event is set,
+whichever comes first, report progress about once a second, and flush and close the
+producer on every way out, cancellation included. Delivery is counted when the broker
+acknowledges it (``acks="all"`` with an idempotent producer), so ``sent`` never counts a
+message that was lost. Messages are sent as record batches built here, one per partition
+and chunk, keyed to the partition the standard (murmur2) partitioner would choose.
 
 Timestamps in a replayed log are years old. The worker accepts old events (it rejects only
 those from the future or before 2000), but time-decayed profiles, rate limits and quiet
@@ -54,7 +56,6 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -66,11 +67,11 @@ from load.generator import GeneratedEvent, topic_for
 from models.events import Event
 from models.logfile import BadRow, open_events
 
-#: Producer settings for throughput without giving up durability or ordering per key.
+#: Durable, ordered per key, and without duplicates on retry. There is no linger: the
+#: batches are built here from each chunk, up to ``max_batch_size`` bytes.
 DEFAULT_PRODUCER_OPTIONS: Final[Mapping[str, Any]] = {
     "acks": "all",
     "enable_idempotence": True,
-    "linger_ms": 5,
     "max_batch_size": 256 * 1024,
     "client_id": "nudgestream-load",
 }
@@ -203,7 +204,7 @@ class _Tally:
     def track(self, future: asyncio.Future[Any], topic: str, batch: list[GeneratedEvent]) -> None:
         self.pending.add(future)
         malformed = sum(record.malformed_reason is not None for record in batch)
-        future.add_done_callback(partial(self._settled, topic, len(batch), malformed))
+        future.add_done_callback(functools.partial(self._settled, topic, len(batch), malformed))
 
     def _settled(self, topic: str, size: int, malformed: int, future: asyncio.Future[Any]) -> None:
         self.pending.discard(future)
@@ -369,7 +370,8 @@ class LogReplay:
                 chunk.append(self._record(upcoming[1], wall_clock))
                 upcoming = next(events, None)
             if not chunk and upcoming is not None:
-                await sleep(min(upcoming[0] - elapsed, MAX_IDLE_SLEEP_S))
+                wait_s = upcoming[0] - elapsed
+                await sleep(min(max(wait_s, MIN_SLEEP_S), MAX_IDLE_SLEEP_S))
             # An empty chunk still lets the sender check its limits during long waits.
             yield chunk
 

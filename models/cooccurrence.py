@@ -112,7 +112,7 @@ class Increment(NamedTuple):
     """A change to one item's row; sent on the pairs topic keyed by ``item_id``.
 
     A named tuple rather than a dataclass: one event makes up to ``2 * window_items + 1``
-    of them and a tuple is built three times faster.
+    of them and a tuple is built twice as fast.
     """
 
     item_id: str
@@ -280,10 +280,11 @@ def log_likelihood_ratio(both: float, n_a: float, n_b: float, total: float) -> f
     k22 = max(total - n_a - n_b + both, 0.0)
     if k11 * (k21 + k22) <= k21 * (k11 + k12):
         return 0.0  # P(B | A) <= P(B | not A): no positive association
-    row = _entropy(k11 + k12, k21 + k22)
-    column = _entropy(k11 + k21, k12 + k22)
-    matrix = _entropy(k11, k12, k21, k22)
-    return max(0.0, 2.0 * (row + column - matrix))
+    # G2 = 2 * sum k_ij ln(k_ij N / (row_i col_j)), expanded into x ln x terms.
+    xlx = _x_log_x
+    cells = xlx(k11) + xlx(k12) + xlx(k21) + xlx(k22)
+    margins = xlx(k11 + k12) + xlx(k21 + k22) + xlx(k11 + k21) + xlx(k12 + k22)
+    return max(0.0, 2.0 * (cells + xlx(k11 + k12 + k21 + k22) - margins))
 
 
 def _cosine(both: float, n_a: float, n_b: float, total: float) -> float:
@@ -328,10 +329,6 @@ def blend_related(
 
 def _x_log_x(x: float) -> float:
     return x * math.log(x) if x > 0 else 0.0
-
-
-def _entropy(*counts: float) -> float:
-    return _x_log_x(sum(counts)) - sum(_x_log_x(k) for k in counts)
 
 
 def _decay(dt: float, half_life_s: float) -> float:

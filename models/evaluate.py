@@ -169,14 +169,17 @@ class _Evaluation:
         self.config = config
         self.replay = Replay(config.replay)
         self.coview = CoviewBaseline()
-        self.touched: defaultdict[str, set[str]] = defaultdict(set)
+        #: Items each user touched in applied events.
+        self.touched: dict[str, set[str]] = {}
         self.catalogue: set[str] = set()
         self.scores = {name: _Score() for name in RECOMMENDERS}
         self.targets = 0
 
     def step(self, event: Event) -> None:
-        touched = self.touched[event.user_id]
-        lists = self._recommend(event.user_id, touched) if self._is_target(event) else None
+        touched = self.touched.get(event.user_id)
+        lists = None
+        if touched and event.item_id not in touched:  # a target: see the module doc
+            lists = self._recommend(event.user_id, touched)
         if not self.replay.process(event):
             return
         if lists is not None:
@@ -184,12 +187,8 @@ class _Evaluation:
             for name, (items, fallback) in lists.items():
                 self.scores[name].record(items, event.item_id, fallback)
         self.coview.learn_one(event)
-        touched.add(event.item_id)
+        self.touched.setdefault(event.user_id, set()).add(event.item_id)
         self.catalogue.add(event.item_id)
-
-    def _is_target(self, event: Event) -> bool:
-        touched = self.touched.get(event.user_id)
-        return bool(touched) and event.item_id not in touched  # type: ignore[operator]
 
     def _recommend(self, user_id: str, touched: set[str]) -> dict[str, tuple[list[str], int]]:
         k = self.config.k
@@ -243,18 +242,16 @@ def evaluate(
     config: EvalConfig | None = None,
     progress: Callable[[ReplayStats], None] | None = None,
 ) -> dict[str, Any]:
-    """Replay ``events`` and report HR@k, MRR@k and coverage of the three recommenders.
+    """Replay ``events`` and report HR@k, MRR@k and coverage of every recommender.
 
     The result is JSON-serialisable; ``ratios`` holds cooccurrence HR / popularity HR
     and cooccurrence HR / coview HR (``None`` when the denominator is 0).
+    ``progress(stats)`` is called every 10,000 records, as :meth:`Replay.run` does.
     """
     evaluation = _Evaluation(config or EvalConfig())
-    replay = evaluation.replay
-    for event in replay.screen(events):
+    for event in evaluation.replay.feed(events, progress):
         evaluation.step(event)
-        if progress is not None and replay.stats.records % 10_000 == 0:
-            progress(replay.stats)
-    return evaluation.report(replay.stats)
+    return evaluation.report(evaluation.replay.stats)
 
 
 def _top_up(items: list[str], fallback: Sequence[str], k: int) -> tuple[list[str], int]:

@@ -36,6 +36,7 @@ pruning in batches (``keep`` is 3/4 of the capacity) makes it amortised O(1).
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -142,14 +143,10 @@ class DecayedCounter:
         if n <= 0 or not self.weights:
             return []
         factor = math.exp2((self.landmark - now) / half_life_s)
-        ranked = sorted(self.weights.items(), key=_heaviest_first)
-        out: list[tuple[str, float]] = []
-        for key, boosted in ranked:
-            if key not in exclude:
-                out.append((key, boosted * factor))
-                if len(out) == n:
-                    break
-        return out
+        # Excluded keys can take at most len(exclude) of the best places.
+        best = heapq.nsmallest(n + len(exclude), self.weights.items(), key=_heaviest_first)
+        picked = [(key, boosted * factor) for key, boosted in best if key not in exclude]
+        return picked[:n]
 
     def to_list(self) -> list[Any]:
         return [self.landmark, self.mass, self.weights]

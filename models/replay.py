@@ -107,13 +107,29 @@ class Replay:
         progress_every: int = DEFAULT_PROGRESS_EVERY,
     ) -> ReplayStats:
         """Process a whole log; call ``progress(stats)`` every ``progress_every`` records."""
-        for event in self.screen(records):
+        for event in self.feed(records, progress, progress_every):
             self.process(event)
-            if progress is not None and self.stats.records % progress_every == 0:
-                progress(self.stats)
-        if progress is not None:
-            progress(self.stats)
         return self.stats
+
+    def feed(
+        self,
+        records: Iterable[Event | BadRow],
+        progress: Callable[[ReplayStats], None] | None = None,
+        progress_every: int = DEFAULT_PROGRESS_EVERY,
+    ) -> Iterator[Event]:
+        """:meth:`screen` with progress reports, for callers that process events themselves.
+
+        ``progress(stats)`` is called after the caller has handled an event once
+        ``progress_every`` more records were read, and once at the end.
+        """
+        reported = 0
+        for event in self.screen(records):
+            yield event
+            if progress is not None and self.stats.records - reported >= progress_every:
+                reported = self.stats.records
+                progress(self.stats)
+        if progress is not None and self.stats.records != reported:
+            progress(self.stats)
 
     def screen(self, records: Iterable[Event | BadRow]) -> Iterator[Event]:
         """The events of a log worth processing: bad rows and outlier times are counted.

@@ -102,7 +102,7 @@ local function check()
   local stored = redis.call('HGET', records, a.decision_id)
   if stored then
     local record = cjson.decode(stored)
-    if true then
+    if record.v ~= 'deferred' or a.now < tonumber(record.d) then
       return reply(record, '1')
     end
   end

@@ -44,7 +44,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
@@ -115,21 +115,29 @@ class RedisLimiter:
         prefix: str,
         connect_timeout_s: float = 0.25,
         timeout_s: float = 0.5,
+        max_connections: int = 16,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain braces (they are hash tags)")
         self.config = config or LimitConfig()
         self.prefix = prefix
         self.bucket_key = f"{prefix}rl:global"
-        self._client = Redis.from_url(
+        # A bounded pool whose callers wait at most timeout_s for a connection: a burst
+        # of tasks shares a few connections (opening hundreds at once costs the event
+        # loop more than the connect timeout), and connections stuck on a stalled server
+        # cannot make callers wait forever.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout_s,
             decode_responses=True,
             socket_connect_timeout=connect_timeout_s,
             socket_timeout=timeout_s,
             # One retry, on a fresh connection: enough for a pooled connection that died
-            # with a restarted server, without multiplying the wait while Redis is down.
+            # with a restarted server, without doubling the wait again while Redis is down.
             retry=Retry(NoBackoff(), 1),
         )
+        self._client = Redis.from_pool(pool)
         c = self.config
         self._rule_args = [
             str(c.max_per_window),

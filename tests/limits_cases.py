@@ -197,6 +197,10 @@ CASES: tuple[Case, ...] = (
         Check(T0 + 3, "d6", refused(GAP), user="u1"),
         Check(T0 + 3, "d7", allowed(), user="u7"),
         Check(T0 + 5, "d3", replayed(refused(BUDGET)), user="u3"),
+        # However long the pause, at most a burst is saved up.
+        Check(T0 + 100, "d8", allowed(), user="u8"),
+        Check(T0 + 100, "d9", allowed(), user="u9"),
+        Check(T0 + 100, "d10", refused(BUDGET), user="u10"),
     ), LimitConfig(global_rate_per_s=1.0, global_burst=2)),
 )
 

@@ -93,6 +93,29 @@ async def test_forget_user_deletes_every_key_of_the_user_and_only_those(
     assert other.reason is SuppressReason.MAX_PER_WINDOW
 
 
+async def test_every_key_expires_once_its_content_is_irrelevant(
+    make_limiter: MakeLimiter, local_services: services.LocalServices
+) -> None:
+    config = LimitConfig(item_cooldown_s=2 * 86400.0, decision_ttl_s=3 * 86400.0)
+    limiter = make_limiter(config)
+    await limiter.check(LimitRequest("d1", "u1", T0, items=("a",)))
+    await limiter.check(LimitRequest("d2", "u1", T0 + 1, items=("b",)))  # refused: gap
+    longest_s = {
+        "pushes": config.retention_s, "items": config.item_cooldown_s,
+        "records": config.decision_ttl_s, "decided": config.decision_ttl_s,
+        "global": config.global_burst / config.global_rate_per_s,
+    }
+    client = Redis.from_url(local_services.redis_url, decode_responses=True)
+    try:
+        keys = [key async for key in client.scan_iter(match=limiter.prefix + "*")]
+        assert {key.rpartition(":")[2] for key in keys} >= {"pushes", "items", "records", "decided"}
+        for key in keys:
+            ttl_ms = await client.pttl(key)  # -2: expired since the scan, -1: never expires
+            assert ttl_ms == -2 or 0 < ttl_ms <= longest_s[key.rpartition(":")[2]] * 1000, key
+    finally:
+        await client.aclose()
+
+
 async def test_a_batch_gives_the_verdicts_of_one_by_one_checks(make_limiter: MakeLimiter) -> None:
     config = LimitConfig(max_per_window=2, min_gap_s=0.0)
     requests = [
@@ -138,9 +161,11 @@ async def test_racing_replays_of_one_decision_count_it_once(
 
 
 async def tokens_left(url: str, limiter: RedisLimiter) -> float:
-    client = Redis.from_url(url)
+    client = Redis.from_url(url, decode_responses=True)
     try:
-        return float(await client.hget(limiter.bucket_key, "tokens"))  # type: ignore[misc]
+        tokens = await client.hget(limiter.bucket_key, "tokens")
+        assert tokens is not None, "the global budget key has expired"
+        return float(tokens)
     finally:
         await client.aclose()
 

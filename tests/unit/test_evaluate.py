@@ -107,6 +107,12 @@ def test_the_report_is_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert report["config"]["replay"]["cooc"]["scoring"] == "llr"
 
 
+def test_progress_is_reported_while_evaluating() -> None:
+    seen: list[int] = []
+    evaluate(log(("u1", "a"), ("u1", "b")), progress=lambda stats: seen.append(stats.records))
+    assert seen == [2]
+
+
 @pytest.mark.slow
 def test_cooccurrence_beats_popularity_twice_and_the_naive_coview_table(
     shared_data: Path,

@@ -16,6 +16,7 @@ from load.generator import GeneratedEvent
 from load.producer import (
     MAX_CHUNK,
     MAX_IDLE_SLEEP_S,
+    MIN_SLEEP_S,
     LogReplay,
     ReplaySchedule,
     TokenBucket,
@@ -72,7 +73,7 @@ def test_grants_add_up_to_rate_times_elapsed_however_irregular_the_polling(
     bucket = TokenBucket(rate, now=0.0)
     # Each poll comes before the bucket could overflow (at most burst - 1 tokens later).
     max_step = (bucket.burst - 1) / rate
-    now = granted = 0
+    now, granted = 0.0, 0
     for fraction in steps:
         now += fraction * max_step
         granted += bucket.take(now, limit=10**9)
@@ -176,13 +177,14 @@ def test_a_schedule_needs_a_positive_finite_speed(speed: float) -> None:
 
 
 LOG = """ts,user_id,event,item_id,category,price
-1000,u1,view,i1,phones,10
-1000.5,u2,view,i2,phones,12
+1700000000,u1,view,i1,phones,10
+1700000000.5,u2,view,i2,phones,12
 oops,u3,view,i3,,
-1030,u1,click,i1,phones,10
-1060,u1,buy,i1,phones,10
-1090,u2,view,i9,,
+1700000030,u1,click,i1,phones,10
+1700000060,u1,buy,i1,phones,10
+1700000090,u2,view,i9,,
 """
+LOG_START = 1_700_000_000.0
 
 
 def log_replay(**options: object) -> LogReplay:
@@ -197,7 +199,8 @@ async def test_a_time_scaled_replay_sends_each_event_when_it_falls_due() -> None
         sent_at += [clock() - started] * len(chunk)
     due = [0.0, 0.5 / 30, 1.0, 2.0, 3.0]
     assert len(sent_at) == len(due)
-    assert sent_at == pytest.approx(due, abs=1e-9)
+    # Sent once due, and at most one pacing slice late.
+    assert all(d - 1e-9 <= s <= d + MIN_SLEEP_S for s, d in zip(sent_at, due, strict=True))
     assert replay.skipped == 1
 
 
@@ -222,8 +225,9 @@ async def test_rewritten_timestamps_are_the_wall_clock_at_sending() -> None:
 
 def test_an_unscheduled_replay_keeps_log_order_and_time() -> None:
     replay = log_replay()
-    events = [decode_event(r.value, now=2000.0) for r in replay.records()]
-    assert [getattr(e, "ts", None) for e in events] == [1000.0, 1000.5, 1030.0, 1060.0, 1090.0]
+    events = [decode_event(r.value, now=LOG_START) for r in replay.records()]
+    offsets = [getattr(e, "ts", 0.0) - LOG_START for e in events]
+    assert offsets == [0.0, 0.5, 30.0, 60.0, 90.0]
     assert [getattr(e, "type", None) for e in events][2:4] == [EventType.CLICK, EventType.BUY]
     assert replay.skipped == 1
 
