@@ -39,6 +39,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Collection, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -53,6 +54,7 @@ REBASE_HALF_LIVES: Final = 64.0
 FORGET_BELOW: Final = 1e-6
 #: A full counter is pruned down to this share of its capacity.
 KEEP_SHARE: Final = 0.75
+_NOTHING: Final[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,20 +106,20 @@ class DecayedCounter:
             self.rebase(ts, bound.half_life_s)
         return math.exp2((ts - self.landmark) / bound.half_life_s)
 
-    def add(self, key: str, weight: float, ts: float, bound: Bound) -> list[str]:
+    def add(self, key: str, weight: float, ts: float, bound: Bound) -> AbstractSet[str]:
         """Add ``weight`` to ``key`` at time ``ts``; return the keys pruned to make room."""
         return self.add_boosted(key, weight * self.boost(ts, bound), bound)
 
-    def add_boosted(self, key: str, boosted: float, bound: Bound) -> list[str]:
+    def add_boosted(self, key: str, boosted: float, bound: Bound) -> AbstractSet[str]:
         """Add a weight already multiplied by :meth:`boost`; return the keys pruned."""
         self.mass += boosted
         weights = self.weights
         if key in weights:
             weights[key] += boosted
-            return []
+            return _NOTHING
         if len(weights) < bound.capacity:
             weights[key] = boosted
-            return []
+            return _NOTHING
         return self._prune_for(key, boosted, bound.keep)
 
     def value(self, key: str, now: float, half_life_s: float) -> float:
@@ -165,18 +167,13 @@ class DecayedCounter:
         self.mass *= factor
         self.landmark = ts
 
-    def _prune_for(self, newcomer: str, boosted: float, keep: int) -> list[str]:
+    def _prune_for(self, newcomer: str, boosted: float, keep: int) -> AbstractSet[str]:
         """Batched weighted Misra-Gries decrement; the newcomer takes part in it."""
         weights = self.weights
         weights[newcomer] = boosted
-        ascending = sorted(weights.values())
-        theta = ascending[len(ascending) - keep - 1]
-        dropped = [k for k, w in weights.items() if w <= theta]
-        for key in dropped:
-            del weights[key]
-        for key in weights:
-            weights[key] -= theta
-        return dropped
+        theta = sorted(weights.values())[len(weights) - keep - 1]
+        self.weights = {k: w - theta for k, w in weights.items() if w > theta}
+        return weights.keys() - self.weights.keys()
 
 
 def _heaviest_first(kv: tuple[str, float]) -> tuple[float, str]:

@@ -23,11 +23,22 @@ import redis.asyncio as aioredis
 from aiohttp import web as aiohttp_web
 from faust.types import TableT
 
-from models.events import Rejection, decode_event
+from models.cooccurrence import CoocConfig, DecayedValue, Row, pair_increments
+from models.events import Event, Rejection, decode_event
 from models.features import FeatureConfig
 from models.profile import Profile, ProfileConfig, update
 from streams import metrics
 from streams.codecs import dlq_record
+from streams.cooccurrence import (
+    FLUSH_INTERVAL_S,
+    CoocRows,
+    RelatedItemsStore,
+    decode_decayed,
+    decode_increments,
+    encode_decayed,
+    group_by_partition,
+    total_key,
+)
 from streams.segmentation import (
     SNAPSHOT_INTERVAL_S,
     SNAPSHOT_KEY,
@@ -80,12 +91,19 @@ class Worker:
         # what recovery reads back from the changelog is exactly what was written.
         self.profiles = self._table("profiles")
         self.redis = redis_client(settings)
+        self.cooc_config = CoocConfig()
+        self.cooc_topic = self.app.topic(self.topics.cooc_pairs)
+        self.cooc_table = self._table("cooc")
+        self.cooc_rows = CoocRows(self.cooc_config)
+        self.related = RelatedItemsStore(self.redis, settings.app_id, self.cooc_config)
         self.segments_train_topic = self.app.topic(self.topics.segments_train, partitions=1)
         self.segments_model_topic = self.app.topic(self.topics.segments_model, partitions=1)
         self.segments = SnapshotFollower(settings)
         self.trainer = SegmentTrainerService(settings, self.redis)
         self.app.agent(self.events_topic, name="ingest")(self._ingest)
+        self.app.agent(self.cooc_topic, name="cooc")(self._cooccurrence)
         self.app.agent(self.segments_train_topic, name="segment-trainer")(self._train_segments)
+        self.app.timer(FLUSH_INTERVAL_S)(self._flush_related)
         self.app.task(self.segments.run)
         self.app.timer(SNAPSHOT_INTERVAL_S)(self._publish_segments)
         self.app.timer(5.0)(self._refresh_gauges)
@@ -127,17 +145,66 @@ class Worker:
             # instead of processing it on the wrong partition (or dropping it).
             await self.app.topic(topic).send(key=user_key, value=value)
             return
+        if await self._process(user_key, decoded, now):
+            metrics.CONSUMED_BY_TYPE[decoded.type].inc()
+            metrics.EVENT_LAG.observe(max(0.0, time.time() - decoded.ts))
+        else:
+            metrics.EVENTS_DUPLICATE.inc()
+
+    async def _process(self, user_key: bytes, event: Event, now: float) -> bool:
+        """The user-side core steps for one valid event; False for a duplicate."""
         stored = self.profiles.get(user_key)
         profile = Profile.from_bytes(stored) if stored is not None else None
-        profile, applied = update(profile, decoded, now, self.profile_config)
+        recent_before = list(profile.recent) if profile is not None else []
+        profile, applied = update(profile, event, now, self.profile_config)
         if not applied:
-            metrics.EVENTS_DUPLICATE.inc()
-            return
+            return False
         self.profiles[user_key] = profile.to_bytes()
+        increments = pair_increments(recent_before, event, self.cooc_config)
+        for partition, message in group_by_partition(increments, self.settings.partitions).items():
+            await self.cooc_topic.send(partition=partition, value=message)
         if should_sample(profile.events):
             await self._sample_for_segments(profile, now)
-        metrics.CONSUMED_BY_TYPE[decoded.type].inc()
-        metrics.EVENT_LAG.observe(max(0.0, time.time() - decoded.ts))
+        return True
+
+    async def _cooccurrence(self, stream: faust.StreamT[bytes]) -> None:
+        """Row owner: every message holds increments for items of its own partition."""
+        async for event in stream.events():
+            partition = event.message.partition
+            occurrences = 0.0
+            latest = 0.0
+            for increment in decode_increments(event.value):
+                key = increment.item_id.encode()
+                self.cooc_table[key] = self.cooc_rows.apply(self.cooc_table.get(key), increment)
+                occurrences += increment.occurrences
+                latest = max(latest, increment.ts)
+            if occurrences:
+                total = decode_decayed(self.cooc_table.get(total_key(partition)))
+                total.add(occurrences, latest, self.cooc_config.half_life_s)
+                self.cooc_table[total_key(partition)] = encode_decayed(total)
+
+    async def _flush_related(self) -> None:
+        """Score dirty rows and publish their related items and counts to Redis."""
+        items = self.cooc_rows.take_dirty()
+        if not items:
+            return
+        rows = {}
+        for item in items:
+            raw = self.cooc_table.get(item.encode())
+            if raw is not None:
+                rows[item] = Row.from_bytes(raw)
+        totals: dict[int, DecayedValue] = {}
+        for tp in self.app.consumer.assignment():
+            if tp.topic == self.topics.cooc_pairs:
+                totals[tp.partition] = decode_decayed(self.cooc_table.get(total_key(tp.partition)))
+        try:
+            written = await self.related.publish(rows, totals, time.time())
+        except Exception:
+            self.cooc_rows.dirty.update(items)  # retried at the next flush
+            metrics.REDIS_ERRORS.labels(operation="related_items").inc()
+            log.warning("publishing related items failed; will retry", exc_info=True)
+            return
+        metrics.RELATED_WRITES.inc(written)
 
     async def _sample_for_segments(self, profile: Profile, now: float) -> None:
         snapshot = self.segments.current
@@ -191,6 +258,7 @@ class Worker:
 
     async def _refresh_gauges(self) -> None:
         metrics.PROFILES.set(len(self.profiles))
+        metrics.COOC_ROWS.set(len(self.cooc_table))
         await self._check_redis()
         consumer = self.app.consumer
         # Start from zero so partitions lost in a rebalance stop counting here.

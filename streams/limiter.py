@@ -22,15 +22,15 @@ Expiry times are refreshed on every write; entries inside a key are pruned by th
 script on each check of the user. The global budget key lives in another slot, so a
 decision that passes every per-user rule costs three round trips (check, take a token,
 check again with the outcome, which is when the push is recorded); most decisions are
-suppressed and cost one. :meth:`RedisLimiter.check_many` pipelines each step for a
-batch of requests.
+refused by a per-user rule and cost one. :meth:`RedisLimiter.check_many` pipelines each
+step for a batch of requests.
 
 **Fails closed.** Any Redis error gives ``suppressed`` / ``limiter_unavailable`` for
-the affected requests, never an unchecked push, and sets ``nudgestream_redis_up`` to 0
-and counts ``nudgestream_redis_errors_total{operation=...}`` (one per failed command).
-Short socket timeouts bound the wait; one retry on a fresh connection absorbs the
-stale pooled connections left by a Redis restart, and the script is loaded again when
-a restarted Redis answers ``NOSCRIPT``.
+the affected requests, never an unchecked push, sets ``nudgestream_redis_up`` to 0 and
+counts ``nudgestream_redis_errors_total{operation=...}`` (one per failed command). Short
+socket timeouts and a bounded pool bound the wait; one retry on a fresh connection
+absorbs the dead pooled connections left by a Redis restart, and the script is loaded
+again when a restarted Redis answers ``NOSCRIPT``. See ``docs/RATE_LIMITS.md``.
 """
 
 from __future__ import annotations
@@ -233,12 +233,7 @@ class RedisLimiter:
         unused = 0
         for (i, budget), final in zip(budgets.items(), finals, strict=True):
             replies[i] = final
-            # Another worker changed the user's state (or checked the same decision)
-            # between the two checks: the token was not used. On an error the push may
-            # have been recorded, so the token is kept.
-            fresh_allowed = isinstance(final, list) and final[0] == Verdict.ALLOWED and final[3] == "0"
-            if budget is _Budget.GRANTED and isinstance(final, list) and not fresh_allowed:
-                unused += 1
+            unused += budget is _Budget.GRANTED and _token_unused(final)
         if unused:
             refund = ((self.bucket_key,), ["refund", str(self.config.global_burst)])
             await self._evalsha_all("limiter_budget", [refund] * unused)
@@ -320,6 +315,17 @@ def _rounds(requests: Sequence[LimitRequest]) -> list[list[int]]:
             rounds.append([])
         rounds[k].append(i)
     return rounds
+
+
+def _token_unused(final: Any) -> bool:
+    """Whether a check given a token did not use it: another worker changed the user's
+    state (or checked the same decision) since the first check. After an error the push
+    may have been recorded, so the token counts as used."""
+    if not isinstance(final, list):
+        return False
+    verdict: str = final[0]
+    replayed: str = final[3]
+    return verdict != Verdict.ALLOWED or replayed == "1"
 
 
 def _flag(value: bool) -> str:

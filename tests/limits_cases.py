@@ -228,18 +228,19 @@ configs = st.builds(
 
 @st.composite
 def request_streams(draw: st.DrawFn, transactional: bool = False) -> list[LimitRequest]:
-    """Requests in time order (whole seconds), with decision ids that repeat."""
+    """Requests in time order (whole seconds), with decision ids that repeat; each user
+    keeps one time zone (a calendar day is only defined within one)."""
+    zone_of = {user: draw(st.sampled_from(ZONES)) for user in USERS}
     steps = draw(st.lists(st.tuples(
         st.sampled_from([0, 1, 60, 599, 600, 1800, 3599, 3600, 7200, 6 * 3600, 86399, 86400]),
         st.sampled_from(USERS),
         st.integers(0, 9),
         st.lists(st.sampled_from(ITEMS), max_size=3),
-        st.sampled_from(ZONES),
         st.booleans() if transactional else st.just(False),
     ), max_size=40))
     now, out = T0, []  # times stay whole numbers of seconds: exact differences
-    for gap, user, decision, items, tz, is_transactional in steps:
+    for gap, user, decision, items, is_transactional in steps:
         now += gap
-        out.append(LimitRequest(f"{user}-{decision}", user, now, tuple(items), tz,
+        out.append(LimitRequest(f"{user}-{decision}", user, now, tuple(items), zone_of[user],
                                 transactional=is_transactional))
     return out

@@ -1,0 +1,188 @@
+"""Co-occurrence in the stream: pair increments, item-partitioned rows, Redis serving.
+
+* The ingest agent (partitioned by user) turns each applied event into row increments
+  (:func:`models.cooccurrence.pair_increments`) and sends them to ``cooc.pairs``,
+  **grouped by the partition of each item** (the standard murmur2 partitioner), so one
+  event costs one message per partition touched rather than one per item.
+* The ``cooc`` agent owns the rows of its partitions in a changelog-backed table and
+  marks changed rows dirty. Every message holds only items of its partition, so a row's
+  changelog partition is always its item's partition and recovery puts it back on the
+  worker that owns it.
+* Every ``FLUSH_INTERVAL_S`` the dirty rows are scored (they need their neighbours'
+  occurrence counts and the total, which other partitions own: all of that is shared
+  through Redis) and their top-K related items are written to Redis in two pipelined
+  round trips. Popularity (the cold-start fallback) is the rows' own decayed occurrence
+  count, kept in a Redis sorted set.
+
+Redis layout (prefix ``<app_id>:``; TTLs refresh at every write):
+
+=================================  ===========  ==============================================
+key                                type         value
+=================================  ===========  ==============================================
+``related:<item_id>``              string       JSON ``[[item_id, score], ...]`` best first (7 d)
+``cooc:counts``                    hash         item_id -> ``"<count>,<as-of ts>"``
+``cooc:totals``                    hash         partition -> ``"<total>,<as-of ts>"``
+``popular``                        sorted set   item_id -> log2(count) + ts / half-life
+=================================  ===========  ==============================================
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka.partitioner import murmur2
+
+from models.cooccurrence import (
+    ENCODING_VERSION,
+    CoocConfig,
+    DecayedValue,
+    Increment,
+    Row,
+    score_row,
+)
+from streams import metrics
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S = 2.0
+#: Rows scored per flush: bounds the time one flush holds the event loop.
+MAX_ROWS_PER_FLUSH = 2000
+RELATED_TTL_S = 7 * 86400
+TOTAL_KEY_PREFIX = b"\x00total:"
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition the standard (murmur2) partitioner gives ``key``."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def group_by_partition(increments: Iterable[Increment], partitions: int) -> dict[int, bytes]:
+    """One message value per partition: a JSON array of encoded increments."""
+    grouped: dict[int, list[bytes]] = {}
+    for increment in increments:
+        partition = partition_of(increment.item_id.encode(), partitions)
+        grouped.setdefault(partition, []).append(increment.to_bytes())
+    return {p: b"[" + b",".join(parts) + b"]" for p, parts in grouped.items()}
+
+
+def decode_increments(raw: bytes) -> list[Increment]:
+    """Inverse of :func:`group_by_partition` (one parse for the whole message)."""
+    out = []
+    for version, item_id, ts, occurrences, neighbours in orjson.loads(raw):
+        if version != ENCODING_VERSION:
+            raise ValueError(f"unsupported increment encoding {version!r}")
+        out.append(Increment(item_id, ts, occurrences, tuple((k, w) for k, w in neighbours)))
+    return out
+
+
+def encode_decayed(value: DecayedValue) -> bytes:
+    return f"{value.value!r},{value.ts!r}".encode()
+
+
+def decode_decayed(raw: bytes | str | None) -> DecayedValue:
+    if not raw:
+        return DecayedValue()
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    value, ts = text.split(",", 1)
+    return DecayedValue(float(value), float(ts))
+
+
+class RelatedItemsStore:
+    """The Redis side of the co-occurrence table: shared counts, served top-K lists."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, config: CoocConfig) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.config = config
+        self.counts_key = f"{prefix}:cooc:counts"
+        self.totals_key = f"{prefix}:cooc:totals"
+        self.popular_key = f"{prefix}:popular"
+
+    def related_key(self, item_id: str) -> str:
+        return f"{self.prefix}:related:{item_id}"
+
+    async def publish(
+        self, rows: Mapping[str, Row], totals: Mapping[int, DecayedValue], now: float
+    ) -> int:
+        """Score ``rows`` against shared counts and write their related lists (2 round trips)."""
+        neighbours = sorted({n for row in rows.values() for n in row.neighbours.weights})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if rows:
+                pipe.hset(self.counts_key, mapping={i: encode_decayed(r) for i, r in rows.items()})
+            if totals:
+                pipe.hset(self.totals_key, mapping={str(p): encode_decayed(t) for p, t in totals.items()})
+            pipe.hmget(self.counts_key, neighbours) if neighbours else pipe.echo("")
+            pipe.hgetall(self.totals_key)
+            *_, raw_counts, raw_totals = await pipe.execute()
+        half_life = self.config.half_life_s
+        counts = {
+            item: decode_decayed(raw).at(now, half_life)
+            for item, raw in zip(neighbours, raw_counts or [], strict=False)
+        }
+        total = sum(decode_decayed(raw).at(now, half_life) for raw in raw_totals.values())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item_id, row in rows.items():
+                related = score_row(row, now, counts, max(total, 1.0), self.config)
+                pipe.set(self.related_key(item_id), orjson.dumps(related), ex=RELATED_TTL_S)
+                own = row.at(now, half_life)
+                if own > 0:
+                    pipe.zadd(self.popular_key, {item_id: popularity_score(own, now, half_life)})
+            await pipe.execute()
+        return len(rows)
+
+    async def related(self, item_ids: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
+        """Related items of several items in one round trip (missing: empty list)."""
+        if not item_ids:
+            return {}
+        raws = await self.redis.mget([self.related_key(i) for i in item_ids])
+        return {
+            item_id: [(str(other), float(score)) for other, score in orjson.loads(raw)] if raw else []
+            for item_id, raw in zip(item_ids, raws, strict=True)
+        }
+
+    async def popular(self, n: int) -> list[tuple[str, float]]:
+        ranked = await self.redis.zrevrange(self.popular_key, 0, n - 1, withscores=True)
+        return [(_text(member), float(score)) for member, score in ranked]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def popularity_score(count: float, ts: float, half_life_s: float) -> float:
+    """A time-invariant rank of a decayed count: log2(count) + ts / half-life.
+
+    Decay multiplies every count by the same factor, so ranking by the count seen at
+    its own time, shifted by elapsed half-lives, equals ranking by the count now.
+    """
+    return math.log2(count) + ts / half_life_s
+
+
+class CoocRows:
+    """The row-owner's per-event work, kept apart from Faust for clarity and tests."""
+
+    def __init__(self, config: CoocConfig) -> None:
+        self.config = config
+        self.dirty: set[str] = set()
+
+    def apply(self, raw_row: bytes | None, increment: Increment) -> bytes:
+        row = Row.from_bytes(raw_row) if raw_row else Row()
+        row.apply(increment, self.config)
+        self.dirty.add(increment.item_id)
+        metrics.COOC_PAIRS.inc(len(increment.neighbours))
+        return row.to_bytes()
+
+    def take_dirty(self) -> list[str]:
+        batch: list[str] = []
+        while self.dirty and len(batch) < MAX_ROWS_PER_FLUSH:
+            batch.append(self.dirty.pop())
+        return batch
+
+
+def total_key(partition: int) -> bytes:
+    return TOTAL_KEY_PREFIX + str(partition).encode()
+
