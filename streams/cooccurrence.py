@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -145,7 +146,7 @@ class RelatedItemsStore:
         }
 
     async def popular(self, n: int) -> list[tuple[str, float]]:
-        ranked = await self.redis.zrevrange(self.popular_key, 0, n - 1, withscores=True)
+        ranked: list[Any] = await self.redis.zrevrange(self.popular_key, 0, n - 1, withscores=True)
         return [(_text(member), float(score)) for member, score in ranked]
 
 
