@@ -26,10 +26,10 @@ push. See ``docs/RATE_LIMITS.md`` for the reasoning behind each choice.
 
 The same rules run in Redis as one atomic script (``streams/limiter.lua``) for the
 workers; this module is the single definition of the time arithmetic both use
-(:func:`timing`) and the reference implementation the offline replay runs. Every time
-comparison is written as *a stored time against a cutoff* ``now - period``, in the
-same floating-point operations as the script, so both give identical verdicts; the
-shared table ``tests/limits_cases.py`` checks that.
+(:func:`timing`) and the reference implementation the offline replay runs. Times are
+compared as *a stored time against a cutoff* ``now - period``, with the same
+floating-point operations as the script, so both give identical verdicts; the shared
+table ``tests/limits_cases.py`` checks that.
 
 >>> limiter = Limiter(LimitConfig(max_per_window=1))
 >>> noon = 1_700_049_600.0  # 2023-11-15 12:00 UTC
@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Final
@@ -180,7 +180,7 @@ class Timing:
     window_start: float
     #: End of the quiet period ``now`` falls in (None outside quiet hours).
     defer_until: float | None
-    #: In quiet hours, and the decision expires before they end.
+    #: In quiet hours, and the decision expires by their end.
     expired: bool
 
 
@@ -229,7 +229,13 @@ def quiet_until(now: float, zone: ZoneInfo, start: time, end: time) -> float | N
         quiet, end_date = True, local.date() + timedelta(days=1)
     else:
         quiet, end_date = clock < end, local.date()
-    return datetime.combine(end_date, end, tzinfo=zone).timestamp() if quiet else None
+    if not quiet:
+        return None
+    end_at = datetime.combine(end_date, end, tzinfo=zone)
+    if end_at.timestamp() <= now:
+        # On a fall-back night ``end`` is read twice, and now is past the first reading.
+        end_at = end_at.replace(fold=1)
+    return end_at.timestamp()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -290,9 +296,10 @@ class _UserState:
         self.pushes = {d: t for d, t in self.pushes.items() if t > cutoff}
         cooldown_cutoff = now - config.item_cooldown_s
         self.items = {i: t for i, t in self.items.items() if t > cooldown_cutoff}
-        # Oldest first: stop at the first live record (lookups check the age anyway).
+        # Oldest first, up to the first live record (lookups check the age anyway).
         ttl_cutoff = now - config.decision_ttl_s
-        for decision_id, record in list(self.records.items()):
+        while self.records:
+            decision_id, record = next(iter(self.records.items()))
             if record.checked_at > ttl_cutoff:
                 break
             del self.records[decision_id]
@@ -304,10 +311,7 @@ class _UserState:
         result = record.result
         if result.defer_until is not None and now >= result.defer_until:
             return None  # a deferral ended: the decision is evaluated afresh
-        return LimitResult(
-            result.verdict, result.reason, result.items, result.defer_until,
-            replayed=True, published=record.published,
-        )
+        return replace(result, replayed=True, published=record.published)
 
     def remember(self, decision_id: str, result: LimitResult, now: float) -> None:
         self.records.pop(decision_id, None)  # a re-evaluated record moves to the end
@@ -329,12 +333,13 @@ class _UserState:
         self.pushes[decision_id] = now
         self.items.update(dict.fromkeys(items, now))
 
-    def empty(self) -> bool:
-        return not (self.pushes or self.items or self.records)
-
 
 class Limiter:
-    """The rules on in-memory state, with time passed in (for replays and tests)."""
+    """The rules on in-memory state, with time passed in (for replays and tests).
+
+    A user's state is pruned when the user is checked, as Redis prunes inside a key; a
+    user never checked again keeps their last records (Redis would expire the keys).
+    """
 
     def __init__(self, config: LimitConfig | None = None) -> None:
         self.config = config or LimitConfig()
@@ -343,14 +348,12 @@ class Limiter:
 
     def check(self, request: LimitRequest) -> LimitResult:
         """The verdict for one decision; an allowed verdict records the push."""
-        state = self._users.pop(request.user_id, None) or _UserState()
+        state = self._users.setdefault(request.user_id, _UserState())
         state.prune(request.now, self.config)
         result = state.previous(request.decision_id, request.now, self.config)
         if result is None:
             result = self._decide(state, request, timing(request, self.config))
             state.remember(request.decision_id, result, request.now)
-        if not state.empty():
-            self._users[request.user_id] = state
         return result
 
     def mark_published(self, user_id: str, decision_id: str, now: float) -> bool:

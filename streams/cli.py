@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         "run a stream-processing worker (Faust); serves /metrics, /healthz, /readyz",
     )
 
+    from streams.notify import add_notify_arguments
+
+    notify = _command(commands, "notify", _notify,
+                      "reference notification worker: each push decision to a sender, once")
+    add_notify_arguments(notify)
+
     from load.cli import add_demo_arguments, add_produce_arguments
 
     produce = _command(
@@ -153,6 +159,12 @@ def _segments(args: argparse.Namespace) -> int:
         top = ", ".join(f"{name} {share:.0%}" for name, share in seg["top_categories"])
         print(f"  #{seg['id']:<3} {seg['share']:6.1%}  {seg['label']:<45} {top}")
     return 0
+
+
+def _notify(args: argparse.Namespace) -> int:
+    from streams.notify import run_notify
+
+    return run_notify(args, load_settings())
 
 
 def _worker(args: argparse.Namespace) -> int:

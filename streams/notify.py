@@ -11,7 +11,8 @@ transactions are never seen) and, for each decision:
    on stdout or appended to a file; a real deployment plugs in its push provider);
 4. commits the offset only after the sender succeeded. On a sender error the record's
    partition is rewound to it and retried with exponential backoff; no offset past it
-   is committed, so a restart delivers it again.
+   is committed, so a restart delivers it again. The worker keeps polling while it
+   retries, so it stays in its consumer group however long the sender is down.
 
 **Why duplicates happen and how far the de-duplication reaches.** The decision engine
 is at-least-once: after a crash it replays events and re-publishes the same decisions
@@ -20,9 +21,10 @@ seconds after the first copy. This worker itself re-reads, after a crash or a
 rebalance, the records of at most one poll (``--batch``) that were sent but not yet
 committed. :class:`SeenDecisions` remembers sent ids *in memory*, each until its
 decision expires: after that the expiry check drops any copy anyway, so memory stays
-proportional to the decisions live at once (and a hard capacity bounds it). A restart
-starts with an empty set and relies on the committed offsets: only the uncommitted
-tail of one poll can be sent twice. Persisting the set in Redis would not close that
+proportional to the decisions live at once (and a hard capacity bounds it). A restart,
+or a partition moving to another worker, starts with an empty set and relies on the
+committed offsets: only the uncommitted tail of one poll can be sent twice (or a copy
+from the engine that straddles the move). Persisting the set in Redis would not close that
 window (a crash between the push and the write still duplicates) and would put a
 second dependency on the last hop; a push provider that takes ``decision_id`` as its
 idempotency key closes it, so the id is passed through unchanged in every decision.

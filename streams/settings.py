@@ -11,10 +11,12 @@ import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from models.limits import LimitConfig, Window
 from streams.topics import Topics
 
 PREFIX = "NUDGESTREAM_"
@@ -56,6 +58,15 @@ class RawSettings:
     profile_half_life_s: str = _env("PROFILE_HALF_LIFE_S", "21600", "interest half-life (s)")
     pseudonym_key: str = _env("PSEUDONYM_KEY", "", "secret key for user pseudonyms in logs")
     default_tz: str = _env("DEFAULT_TZ", "UTC", "IANA zone for users without one")
+    push_max_per_window: str = _env("PUSH_MAX_PER_WINDOW", "3", "pushes per user per window (integer >= 1)")
+    push_window: str = _env("PUSH_WINDOW", "rolling", "rolling or calendar_day (user's zone)")
+    push_window_s: str = _env("PUSH_WINDOW_S", "86400", "length of a rolling window (s)")
+    push_min_gap_s: str = _env("PUSH_MIN_GAP_S", "3600", "minimum time between two pushes to a user (s)")
+    push_item_cooldown_s: str = _env("PUSH_ITEM_COOLDOWN_S", "604800", "no re-push of an item within (s)")
+    quiet_hours: str = _env("QUIET_HOURS", "22:00-08:00", "HH:MM-HH:MM local time, or off")
+    push_global_rate: str = _env("PUSH_GLOBAL_RATE", "200", "pushes/s all workers together may send")
+    push_global_burst: str = _env("PUSH_GLOBAL_BURST", "400", "pushes sent at once after a quiet spell")
+    holdout_percent: str = _env("HOLDOUT_PERCENT", "5", "control group share of users, 0-50 (%)")
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,8 @@ class Settings:
     profile_half_life_s: float
     pseudonym_key: bytes
     default_tz: str
+    limits: LimitConfig
+    holdout_percent: float
 
     @property
     def topics(self) -> Topics:
@@ -160,7 +173,48 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         profile_half_life_s=_parse("PROFILE_HALF_LIFE_S", raw.profile_half_life_s, _positive_float),
         pseudonym_key=raw.pseudonym_key.encode(),
         default_tz=_parse("DEFAULT_TZ", raw.default_tz, _zone),
+        limits=_limits(raw),
+        holdout_percent=_parse("HOLDOUT_PERCENT", raw.holdout_percent, _percent),
     )
+
+
+def _limits(raw: RawSettings) -> LimitConfig:
+    quiet_start, quiet_end = _parse("QUIET_HOURS", raw.quiet_hours, _quiet_hours)
+    return LimitConfig(
+        max_per_window=_parse("PUSH_MAX_PER_WINDOW", raw.push_max_per_window, _int_between(1, 1000)),
+        window=Window(_choice("PUSH_WINDOW", raw.push_window.lower(), tuple(w.value for w in Window))),
+        window_s=_parse("PUSH_WINDOW_S", raw.push_window_s, _positive_float),
+        min_gap_s=_parse("PUSH_MIN_GAP_S", raw.push_min_gap_s, _non_negative_float),
+        item_cooldown_s=_parse("PUSH_ITEM_COOLDOWN_S", raw.push_item_cooldown_s, _non_negative_float),
+        quiet_start=quiet_start,
+        quiet_end=quiet_end,
+        default_tz=_parse("DEFAULT_TZ", raw.default_tz, _zone),
+        global_rate_per_s=_parse("PUSH_GLOBAL_RATE", raw.push_global_rate, _positive_float),
+        global_burst=_parse("PUSH_GLOBAL_BURST", raw.push_global_burst, _int_between(1, 1_000_000)),
+    )
+
+
+def _quiet_hours(text: str) -> tuple[dt_time, dt_time]:
+    if text.strip().lower() == "off":
+        return dt_time(0, 0), dt_time(0, 0)  # equal times disable quiet hours
+    start, sep, end = text.partition("-")
+    if not sep:
+        raise ValueError("use HH:MM-HH:MM")
+    return dt_time.fromisoformat(start.strip()), dt_time.fromisoformat(end.strip())
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number >= 0")
+    return value
+
+
+def _percent(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 50:
+        raise ValueError("must be between 0 and 50")
+    return value
 
 
 def _parse(name: str, text: str, parser: Callable[[str], T]) -> T:

@@ -91,6 +91,39 @@ def test_every_pair_is_sent_to_both_rows_with_the_same_weight() -> None:
         assert inc.neighbours == ((own.item_id, dict(own.neighbours)[inc.item_id]),)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    history=st.lists(
+        st.tuples(
+            st.sampled_from("abcdefgh"),
+            st.floats(min_value=0.0, max_value=7200.0),
+            st.sampled_from(list(EventType)),
+        ),
+        unique_by=lambda r: r[0],  # the profile keeps one entry per item
+        max_size=10,
+    ),
+    item=st.sampled_from("abcdefghxyz"),
+    ts=st.floats(min_value=0.0, max_value=7200.0),
+    kind=st.sampled_from(list(EventType)),
+)
+def test_increments_are_symmetric_and_never_outweigh_the_interaction(
+    history: list[tuple[str, float, EventType]], item: str, ts: float, kind: EventType
+) -> None:
+    ordered = recent(*sorted(history, key=lambda r: r[1]))
+    incs = pair_increments(ordered, event(item, ts, kind), CoocConfig())
+    if not incs:
+        return
+    own, *reverse = incs
+    assert own.item_id == item
+    assert 0 < own.occurrences <= W[kind]
+    assert [inc.item_id for inc in reverse] == [other for other, _ in own.neighbours]
+    for inc, (other, weight) in zip(reverse, own.neighbours, strict=True):
+        assert other != item
+        assert inc.neighbours == ((item, weight),)
+        assert inc.occurrences == 0.0
+        assert 0 < weight <= own.occurrences
+
+
 def test_revisiting_an_item_in_the_window_adds_nothing() -> None:
     history = recent(("a", 1.0), ("b", 2.0))
     assert pair_increments(history, event("a", 3.0), CoocConfig()) == []

@@ -56,6 +56,14 @@ def test_quiet_hours_may_lie_within_one_day() -> None:
     assert quiet_until(T0, utc_zone, *siesta) is None
 
 
+def test_quiet_hours_ending_in_a_repeated_hour_end_at_its_second_reading() -> None:
+    # Berlin, 27 October 2024: 03:00 CEST became 02:00 CET at 01:00 UTC. At 02:15 CET
+    # (01:15 UTC) the 02:30 that ends the quiet hours is 02:30 CET, not 02:30 CEST.
+    berlin = ZoneInfo("Europe/Berlin")
+    now = utc(2024, 10, 27, 1) + 15 * 60
+    assert quiet_until(now, berlin, time(22), time(2, 30)) == utc(2024, 10, 27, 1) + 30 * 60
+
+
 def test_a_calendar_day_without_midnight_starts_when_the_clocks_jump() -> None:
     # Havana skipped 00:00-01:00 on 10 March 2024 (UTC-5 -> UTC-4, at 05:00 UTC).
     havana = ZoneInfo("America/Havana")
