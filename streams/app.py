@@ -161,7 +161,8 @@ class Worker:
             return False
         self.profiles[user_key] = profile.to_bytes()
         increments = pair_increments(recent_before, event, self.cooc_config)
-        for partition, message in group_by_partition(increments, self.settings.partitions).items():
+        grouped = group_by_partition(increments, self.settings.partitions, event.category)
+        for partition, message in grouped.items():
             await self.cooc_topic.send(partition=partition, value=message)
         if should_sample(profile.events):
             await self._sample_for_segments(profile, now)
@@ -173,8 +174,11 @@ class Worker:
             partition = event.message.partition
             occurrences = 0.0
             latest = 0.0
-            for increment in decode_increments(event.value):
+            category, increments = decode_increments(event.value)
+            for increment in increments:
                 key = increment.item_id.encode()
+                if category and increment.occurrences:
+                    self.cooc_rows.categories[increment.item_id] = category
                 self.cooc_table[key] = self.cooc_rows.apply(self.cooc_table.get(key), increment)
                 occurrences += increment.occurrences
                 latest = max(latest, increment.ts)
@@ -197,10 +201,13 @@ class Worker:
         for tp in self.app.consumer.assignment():
             if tp.topic == self.topics.cooc_pairs:
                 totals[tp.partition] = decode_decayed(self.cooc_table.get(total_key(tp.partition)))
+        categories = self.cooc_rows.take_categories()
         try:
-            written = await self.related.publish(rows, totals, time.time())
+            written = await self.related.publish(rows, totals, time.time(), categories)
         except Exception:
-            self.cooc_rows.dirty.update(items)  # retried at the next flush
+            # Retried at the next flush.
+            self.cooc_rows.dirty.update(items)
+            self.cooc_rows.categories.update(categories)
             metrics.REDIS_ERRORS.labels(operation="related_items").inc()
             log.warning("publishing related items failed; will retry", exc_info=True)
             return

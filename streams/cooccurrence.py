@@ -22,7 +22,9 @@ key                                type         value
 ``related:<item_id>``              string       JSON ``[[item_id, score], ...]`` best first (7 d)
 ``cooc:counts``                    hash         item_id -> ``"<count>,<as-of ts>"``
 ``cooc:totals``                    hash         partition -> ``"<total>,<as-of ts>"``
-``popular``                        sorted set   item_id -> log2(count) + ts / half-life
+``popular``                        sorted set   item_id -> log2(count) + ts / half-life (top 5,000)
+``popular:cat:<category>``         sorted set   the same, per item category (top 500)
+``item:category``                  hash         item_id -> category
 =================================  ===========  ==============================================
 """
 
@@ -53,6 +55,8 @@ FLUSH_INTERVAL_S = 2.0
 #: Rows scored per flush: bounds the time one flush holds the event loop.
 MAX_ROWS_PER_FLUSH = 2000
 RELATED_TTL_S = 7 * 86400
+POPULAR_KEPT = 5000
+POPULAR_KEPT_PER_CATEGORY = 500
 TOTAL_KEY_PREFIX = b"\x00total:"
 
 
@@ -61,23 +65,36 @@ def partition_of(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def group_by_partition(increments: Iterable[Increment], partitions: int) -> dict[int, bytes]:
-    """One message value per partition: a JSON array of encoded increments."""
+def group_by_partition(
+    increments: Iterable[Increment], partitions: int, category: str | None = None
+) -> dict[int, bytes]:
+    """One message value per partition: ``[category, [increment, ...]]``.
+
+    ``category`` is the category of the event's own item (the increment that carries
+    occurrences); the row owner uses it for per-category popularity.
+    """
     grouped: dict[int, list[bytes]] = {}
+    categories: dict[int, str | None] = {}
     for increment in increments:
         partition = partition_of(increment.item_id.encode(), partitions)
         grouped.setdefault(partition, []).append(increment.to_bytes())
-    return {p: b"[" + b",".join(parts) + b"]" for p, parts in grouped.items()}
+        if increment.occurrences:
+            categories[partition] = category
+    return {
+        p: b"[" + orjson.dumps(categories.get(p)) + b",[" + b",".join(parts) + b"]]"
+        for p, parts in grouped.items()
+    }
 
 
-def decode_increments(raw: bytes) -> list[Increment]:
+def decode_increments(raw: bytes) -> tuple[str | None, list[Increment]]:
     """Inverse of :func:`group_by_partition` (one parse for the whole message)."""
+    category, encoded = orjson.loads(raw)
     out = []
-    for version, item_id, ts, occurrences, neighbours in orjson.loads(raw):
+    for version, item_id, ts, occurrences, neighbours in encoded:
         if version != ENCODING_VERSION:
             raise ValueError(f"unsupported increment encoding {version!r}")
         out.append(Increment(item_id, ts, occurrences, tuple((k, w) for k, w in neighbours)))
-    return out
+    return category, out
 
 
 def encode_decayed(value: DecayedValue) -> bytes:
@@ -102,12 +119,20 @@ class RelatedItemsStore:
         self.counts_key = f"{prefix}:cooc:counts"
         self.totals_key = f"{prefix}:cooc:totals"
         self.popular_key = f"{prefix}:popular"
+        self.category_key = f"{prefix}:item:category"
+
+    def popular_in_key(self, category: str) -> str:
+        return f"{self.popular_key}:cat:{category}"
 
     def related_key(self, item_id: str) -> str:
         return f"{self.prefix}:related:{item_id}"
 
     async def publish(
-        self, rows: Mapping[str, Row], totals: Mapping[int, DecayedValue], now: float
+        self,
+        rows: Mapping[str, Row],
+        totals: Mapping[int, DecayedValue],
+        now: float,
+        categories: Mapping[str, str] | None = None,
     ) -> int:
         """Score ``rows`` against shared counts and write their related lists (2 round trips)."""
         neighbours = sorted({n for row in rows.values() for n in row.neighbours.weights})
@@ -118,7 +143,14 @@ class RelatedItemsStore:
                 pipe.hset(self.totals_key, mapping={str(p): encode_decayed(t) for p, t in totals.items()})
             pipe.hmget(self.counts_key, neighbours) if neighbours else pipe.echo("")
             pipe.hgetall(self.totals_key)
-            *_, raw_counts, raw_totals = await pipe.execute()
+            if categories:
+                category_map: dict[Any, Any] = dict(categories)
+                pipe.hset(self.category_key, mapping=category_map)
+            pipe.hmget(self.category_key, list(rows)) if rows else pipe.echo("")
+            *_, raw_counts, raw_totals, _, raw_categories = await pipe.execute()
+        item_categories = {
+            item: _text(c) for item, c in zip(rows, raw_categories or [], strict=False) if c
+        }
         half_life = self.config.half_life_s
         counts = {
             item: decode_decayed(raw).at(now, half_life)
@@ -131,7 +163,14 @@ class RelatedItemsStore:
                 pipe.set(self.related_key(item_id), orjson.dumps(related), ex=RELATED_TTL_S)
                 own = row.at(now, half_life)
                 if own > 0:
-                    pipe.zadd(self.popular_key, {item_id: popularity_score(own, now, half_life)})
+                    score = {item_id: popularity_score(own, now, half_life)}
+                    pipe.zadd(self.popular_key, score)
+                    if item_id in item_categories:
+                        pipe.zadd(self.popular_in_key(item_categories[item_id]), score)
+            # Keep the popularity sets bounded: only the head is ever read.
+            pipe.zremrangebyrank(self.popular_key, 0, -POPULAR_KEPT - 1)
+            for category in set(item_categories.values()):
+                pipe.zremrangebyrank(self.popular_in_key(category), 0, -POPULAR_KEPT_PER_CATEGORY - 1)
             await pipe.execute()
         return len(rows)
 
@@ -169,6 +208,8 @@ class CoocRows:
     def __init__(self, config: CoocConfig) -> None:
         self.config = config
         self.dirty: set[str] = set()
+        #: Categories seen since the last flush (written to Redis there).
+        self.categories: dict[str, str] = {}
 
     def apply(self, raw_row: bytes | None, increment: Increment) -> bytes:
         row = Row.from_bytes(raw_row) if raw_row else Row()
@@ -176,6 +217,10 @@ class CoocRows:
         self.dirty.add(increment.item_id)
         metrics.COOC_PAIRS.inc(len(increment.neighbours))
         return row.to_bytes()
+
+    def take_categories(self) -> dict[str, str]:
+        taken, self.categories = self.categories, {}
+        return taken
 
     def take_dirty(self) -> list[str]:
         batch: list[str] = []

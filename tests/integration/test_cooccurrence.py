@@ -25,10 +25,11 @@ async def test_pairs_reach_the_table_and_redis_serves_the_neighbours(deployment:
     # Thirty shoppers look at a phone and then its case; ten look at a kettle then a mug.
     journeys = [("phone", "case")] * 30 + [("kettle", "mug")] * 10
     events = []
+    category = {"phone": "tech", "case": "tech", "kettle": "kitchen", "mug": "kitchen"}
     for n, (first, second) in enumerate(journeys):
         user = f"shopper-{n}"
-        events.append(Event(f"{user}-1", EventType.VIEW, user, first, now + n, "c"))
-        events.append(Event(f"{user}-2", EventType.VIEW, user, second, now + n + 5, "c"))
+        events.append(Event(f"{user}-1", EventType.VIEW, user, first, now + n, category[first]))
+        events.append(Event(f"{user}-2", EventType.VIEW, user, second, now + n + 5, category[second]))
     await produce(
         settings.kafka_bootstrap,
         [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in events],
@@ -61,5 +62,7 @@ async def test_pairs_reach_the_table_and_redis_serves_the_neighbours(deployment:
     popular = [item for item, _ in await store.popular(4)]
     assert set(popular) == {"phone", "case", "kettle", "mug"}
     assert popular.index("phone") < popular.index("kettle")
+    in_kitchen = await client.zrevrange(store.popular_in_key("kitchen"), 0, -1)
+    assert {m.decode() for m in in_kitchen} == {"kettle", "mug"}
     await client.aclose()
 
