@@ -118,16 +118,18 @@ async def test_every_key_expires_once_its_content_is_irrelevant(
 
 async def test_a_batch_gives_the_verdicts_of_one_by_one_checks(make_limiter: MakeLimiter) -> None:
     config = LimitConfig(max_per_window=2, min_gap_s=0.0)
-    requests = [
-        LimitRequest("d1", "u1", T0, items=("a",)),
+    limiter, pure = make_limiter(config), Limiter(config)
+    earlier = LimitRequest("d0", "u1", T0 - 3600, items=("y",))
+    assert await limiter.check(earlier) == pure.check(earlier)
+    batch = [
+        LimitRequest("d1", "u1", T0, items=("x",)),
         LimitRequest("d2", "u2", T0),
-        LimitRequest("d3", "u1", T0, items=("a", "b")),
-        LimitRequest("d1", "u1", T0),
-        LimitRequest("d4", "u1", T0, items=("c",)),
-        LimitRequest("d5", "u2", T0 + 23 * 3600),
+        # Checked alone before d1, d3 would be refused for its item; after d1, the window.
+        LimitRequest("d3", "u1", T0, items=("y",)),
+        LimitRequest("d1", "u1", T0, items=("x",)),
+        LimitRequest("d4", "u2", T0 + 23 * 3600),
     ]
-    pure = Limiter(config)
-    assert await make_limiter(config).check_many(requests) == [pure.check(r) for r in requests]
+    assert await limiter.check_many(batch) == [pure.check(r) for r in batch]
 
 
 async def test_concurrent_workers_allow_exactly_max_per_window(
