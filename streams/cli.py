@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         "run a stream-processing worker (Faust); serves /metrics, /healthz, /readyz",
     )
 
+    related = _command(commands, "related", _related,
+                       "print an item's related items as served from Redis (co-occurrence top-K)")
+    related.add_argument("item_id")
+    related.add_argument("--json", action="store_true", help="print JSON")
+
     from streams.notify import add_notify_arguments
 
     notify = _command(commands, "notify", _notify,
@@ -159,6 +164,32 @@ def _segments(args: argparse.Namespace) -> int:
         top = ", ".join(f"{name} {share:.0%}" for name, share in seg["top_categories"])
         print(f"  #{seg['id']:<3} {seg['share']:6.1%}  {seg['label']:<45} {top}")
     return 0
+
+
+def _related(args: argparse.Namespace) -> int:
+    from models.cooccurrence import CoocConfig
+    from streams.app import redis_client
+    from streams.cooccurrence import RelatedItemsStore
+
+    settings = load_settings()
+
+    async def lookup() -> list[tuple[str, float]]:
+        client = redis_client(settings)
+        try:
+            store = RelatedItemsStore(client, settings.app_id, CoocConfig())
+            return (await store.related([args.item_id]))[args.item_id]
+        finally:
+            await client.aclose()
+
+    related = asyncio.run(lookup())
+    if args.json:
+        print(json.dumps([{"item_id": i, "score": s} for i, s in related]))
+    elif not related:
+        print(f"no related items for {args.item_id!r} (unknown item, or not scored yet)")
+    else:
+        for rank, (item, score) in enumerate(related, start=1):
+            print(f"{rank:3}. {item:30} {score:10.3f}")
+    return 0 if related else 1
 
 
 def _notify(args: argparse.Namespace) -> int:
