@@ -13,8 +13,7 @@ and the baselines learn from it. A target counts only if the replay applies the 
 * **coverage** — distinct items ever recommended / distinct items in the log.
 
 Items the user already touched are excluded from every recommender's list: a target is
-new to the user by definition, so recommending a touched item is a sure miss, and
-excluding them is also what the push policy does.
+new to the user by definition, so recommending a touched item is a sure miss.
 
 Recommenders, all filling their ``k`` slots from the same information:
 
@@ -23,8 +22,8 @@ Recommenders, all filling their ``k`` slots from the same information:
   weighted by ``recency ** i``;
 * ``coview`` — a naive item-to-item table: raw, undecayed, unbounded counts of items
   co-occurring within a user's last 5 events (repeats included), queried with the
-  user's last 3 events' top-20 co-items summed by count (the same peer as
-  ``push_precision.py`` in the shared tools);
+  user's last 3 events' top-20 co-items summed by count (the co-view peer of the
+  independent push-precision scorer, ``push_precision.py``);
 * ``popularity`` — the decayed overall popularity (:class:`~models.popularity.Popularity`);
 * ``category_popularity`` — the decayed popularity in the category of the user's latest
   item, topped up from the overall list.
@@ -75,7 +74,7 @@ COVIEW_FANOUT: Final = 20
 class Fallback(StrEnum):
     """Where the item-to-item recommenders find items for the slots their table leaves."""
 
-    #: The overall popularity list (as the shared tools' co-view peer does).
+    #: The overall popularity list (as the push-precision scorer's co-view peer does).
     OVERALL = "overall"
     #: Popularity in the category of the user's latest item, then overall.
     CATEGORY = "category"

@@ -8,11 +8,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.settings import Settings
+from streams.topics import changelog_specs
 
 
 async def create_topics(settings: Settings) -> dict[str, str]:
     """Create every topic of ``settings.topics``; return name -> created|exists."""
-    specs = settings.topics.specs()
+    specs = settings.topics.specs() + changelog_specs(settings.app_id)
     admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
     await admin.start()
     try:

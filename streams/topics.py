@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from models.events import EventType
 
 DAY_MS = 24 * 3600 * 1000
+#: The worker's changelog-backed tables; Faust names their topics ``<app_id>-<table>-changelog``.
+TABLES = ("profiles", "cooc", "pending")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,11 @@ class TopicSpec:
         if self.retention_ms is not None:
             config["retention.ms"] = str(self.retention_ms)
         return config
+
+
+def changelog_specs(app_id: str) -> tuple[TopicSpec, ...]:
+    """The tables' changelog topics (Faust creates them too, with the same settings)."""
+    return tuple(TopicSpec(f"{app_id}-{table}-changelog", None, None, compacted=True) for table in TABLES)
 
 
 @dataclass(frozen=True)
