@@ -67,6 +67,7 @@ class RawSettings:
     push_global_rate: str = _env("PUSH_GLOBAL_RATE", "200", "pushes/s all workers together may send")
     push_global_burst: str = _env("PUSH_GLOBAL_BURST", "400", "pushes sent at once after a quiet spell")
     holdout_percent: str = _env("HOLDOUT_PERCENT", "5", "control group share of users, 0-50 (%)")
+    retention_days: str = _env("RETENTION_DAYS", "90", "inactive users' state is erased after (days)")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Settings:
     default_tz: str
     limits: LimitConfig
     holdout_percent: float
+    retention_days: float
 
     @property
     def topics(self) -> Topics:
@@ -175,6 +177,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         default_tz=_parse("DEFAULT_TZ", raw.default_tz, _zone),
         limits=_limits(raw),
         holdout_percent=_parse("HOLDOUT_PERCENT", raw.holdout_percent, _percent),
+        retention_days=_parse("RETENTION_DAYS", raw.retention_days, _positive_float),
     )
 
 
