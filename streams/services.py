@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 KAFKA_VERSION = "3.9.1"
 _POM = Path(__file__).with_name("kafka") / "pom.xml"
@@ -46,6 +47,12 @@ class LocalServices:
     redis_port: int = 16379
     cache_dir: Path = Path.home() / ".cache" / "nudgestream"
     kafka_heap: str = "768m"
+    #: (user, password) pairs: when given, the client listener is SASL_PLAINTEXT with the
+    #: PLAIN mechanism and these users (the first one is also the broker's own identity);
+    #: otherwise it is PLAINTEXT. For tests of client authentication.
+    kafka_sasl_users: tuple[tuple[str, str], ...] = ()
+    #: When set, Redis requires this password (``AUTH``) and ``redis_url`` carries it.
+    redis_password: str = ""
 
     @classmethod
     def from_env(cls) -> LocalServices:
@@ -64,7 +71,13 @@ class LocalServices:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def kafka_protocol(self) -> str:
+        """The security protocol clients must use on ``kafka_bootstrap``."""
+        return "SASL_PLAINTEXT" if self.kafka_sasl_users else "PLAINTEXT"
 
     @property
     def kafka_libs(self) -> Path:
@@ -153,6 +166,7 @@ def _start_redis(services: LocalServices, say: Say) -> None:
     data.mkdir(exist_ok=True)
     command = [
         redis_server_binary(),
+        *_redis_auth_config(services),
         "--bind",
         "127.0.0.1",
         "--port",
@@ -168,6 +182,23 @@ def _start_redis(services: LocalServices, say: Say) -> None:
     ]
     _spawn("redis", command, services)
     say(f"redis  started (pid {_running_pid(services, 'redis')}, log {services.log_file('redis')})")
+
+
+def _redis_auth_config(services: LocalServices) -> list[str]:
+    """A config file holding ``requirepass`` (not argv: ``ps`` would show the password)."""
+    if not services.redis_password:
+        return []
+    config = services.state_dir / "redis-auth.conf"
+    config.touch(mode=0o600)
+    config.write_text(f'requirepass "{_config_safe(services.redis_password)}"\n')
+    return [str(config)]
+
+
+def _config_safe(secret: str) -> str:
+    """Refuse characters that would need escaping in redis.conf or a JAAS line."""
+    if not secret or any(c in secret for c in '"\\\n\r;=\' '):
+        raise ServiceError("use a password without quotes, backslashes, ';', '=' or spaces")
+    return secret
 
 
 # --- Kafka -----------------------------------------------------------------------------
@@ -224,18 +255,21 @@ def _kafka_config(services: LocalServices) -> Path:
     kafka_dir = services.state_dir / "kafka"
     kafka_dir.mkdir(exist_ok=True)
     config = kafka_dir / "server.properties"
+    protocol = services.kafka_protocol
+    config.touch(mode=0o600)  # it may hold SASL passwords
     config.write_text(
         "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{services.controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{services.kafka_port},"
+                f"listeners={protocol}://127.0.0.1:{services.kafka_port},"
                 f"CONTROLLER://127.0.0.1:{services.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{services.kafka_port}",
+                f"advertised.listeners={protocol}://127.0.0.1:{services.kafka_port}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                "inter.broker.listener.name=PLAINTEXT",
+                f"listener.security.protocol.map={protocol}:{protocol},CONTROLLER:PLAINTEXT",
+                f"inter.broker.listener.name={protocol}",
+                *_sasl_lines(services),
                 f"log.dirs={kafka_dir / 'data'}",
                 "num.partitions=4",
                 "offsets.topic.replication.factor=1",
@@ -259,6 +293,24 @@ def _kafka_config(services: LocalServices) -> Path:
         "log4j.logger.org.apache.kafka.controller=WARN\n"
     )
     return config
+
+
+def _sasl_lines(services: LocalServices) -> list[str]:
+    """SASL/PLAIN on the client listener, users from ``kafka_sasl_users``."""
+    if not services.kafka_sasl_users:
+        return []
+    (broker_user, broker_password), *_ = services.kafka_sasl_users
+    users = " ".join(
+        f'user_{_config_safe(user)}="{_config_safe(password)}"'
+        for user, password in services.kafka_sasl_users
+    )
+    return [
+        "sasl.enabled.mechanisms=PLAIN",
+        "sasl.mechanism.inter.broker.protocol=PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{broker_user}" password="{broker_password}" {users};',
+    ]
 
 
 def _start_kafka(services: LocalServices, say: Say) -> None:
