@@ -662,11 +662,11 @@ class GroupLag:
     async def wait_drained(self) -> float:
         """The monotonic time at which the lag was first seen at 0."""
         lowest, lowest_at = math.inf, time.monotonic()
-        while (total := sum((await self.read()).values())) > 0:
+        while (total := sum((lag := await self.read()).values())) > 0:
             if total < lowest:
                 lowest, lowest_at = total, time.monotonic()
             elif time.monotonic() - lowest_at > STALL_S:
-                raise BenchError(f"the worker group's lag stayed at {lowest:,.0f} for {STALL_S:.0f}s")
+                raise BenchError(f"the worker group's lag stayed at {lag} for {STALL_S:.0f}s")
             await asyncio.sleep(LAG_POLL_S)
         return time.monotonic()
 

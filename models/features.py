@@ -249,3 +249,17 @@ class CategoryNames:
         names = cls(config, capacity)
         names.counts = [dict(counters) for counters in counts]
         return names
+
+
+#: A user's profile is sampled for segment training on their 1st, 2nd, 4th, 8th and then
+#: every 16th event: new users reach the model quickly and heavy users do not dominate it.
+SAMPLE_PERIOD: Final = 16
+
+
+def should_sample(events: int) -> bool:
+    """Whether the profile after its ``events``-th event is a training sample.
+
+    >>> [n for n in range(1, 40) if should_sample(n)]
+    [1, 2, 4, 8, 16, 32]
+    """
+    return events % SAMPLE_PERIOD == 0 or (events & (events - 1)) == 0

@@ -25,7 +25,8 @@ from faust.types import TableT
 
 from models.cooccurrence import CoocConfig, DecayedValue, Row, pair_increments
 from models.events import Event, Rejection, decode_event
-from models.features import FeatureConfig
+from models.features import FeatureConfig, should_sample
+from models.policy import copy_profile
 from models.profile import Profile, ProfileConfig, update
 from streams import metrics
 from streams.codecs import dlq_record
@@ -39,13 +40,14 @@ from streams.cooccurrence import (
     group_by_partition,
     total_key,
 )
+from streams.decisions import DecisionEngine
+from streams.erasure import EXPIRE, FORGET, Eraser
 from streams.segmentation import (
     SNAPSHOT_INTERVAL_S,
     SNAPSHOT_KEY,
     SegmentTrainerService,
     SnapshotFollower,
     read_latest_snapshot,
-    should_sample,
     snapshot_summary,
     training_record,
 )
@@ -64,6 +66,10 @@ ROCKSDB_OPTIONS = {
     "max_write_buffer_number": 2,
     "block_cache_size": 64 * 1024 * 1024,
 }
+#: Training samples older than this are skipped by a trainer that has fallen behind.
+MAX_SAMPLE_AGE_S = 30.0
+#: How often inactive users are looked for (the retention itself is in days).
+RETENTION_SWEEP_S = 3600.0
 #: How many profiles the segment-size gauge looks at per refresh (an estimate beyond).
 SEGMENT_GAUGE_SAMPLE = 5000
 
@@ -96,12 +102,19 @@ class Worker:
         self.cooc_table = self._table("cooc")
         self.cooc_rows = CoocRows(self.cooc_config)
         self.related = RelatedItemsStore(self.redis, settings.app_id, self.cooc_config)
+        self.pending = self._table("pending")
+        self.deferred_topic = self.app.topic(self.topics.deferred)
         self.segments_train_topic = self.app.topic(self.topics.segments_train, partitions=1)
         self.segments_model_topic = self.app.topic(self.topics.segments_model, partitions=1)
         self.segments = SnapshotFollower(settings)
         self.trainer = SegmentTrainerService(settings, self.redis)
+        self.decisions = DecisionEngine(self.app, settings, self.related, self.segments, self.pending)
+        self.eraser = Eraser(settings, self.redis, self.profiles, self.pending, self._send_command)
         self.app.agent(self.events_topic, name="ingest")(self._ingest)
         self.app.agent(self.cooc_topic, name="cooc")(self._cooccurrence)
+        self.app.agent(self.deferred_topic, name="deferred")(self._deferred)
+        self.app.timer(1.0)(self.decisions.fire_due)
+        self.app.timer(RETENTION_SWEEP_S)(self.eraser.sweep)
         self.app.agent(self.segments_train_topic, name="segment-trainer")(self._train_segments)
         self.app.timer(FLUSH_INTERVAL_S)(self._flush_related)
         self.app.task(self.segments.run)
@@ -155,12 +168,14 @@ class Worker:
         """The user-side core steps for one valid event; False for a duplicate."""
         stored = self.profiles.get(user_key)
         profile = Profile.from_bytes(stored) if stored is not None else None
-        recent_before = list(profile.recent) if profile is not None else []
+        # update() changes the profile in place; triggers and pairs need the state before.
+        before = copy_profile(profile)
         profile, applied = update(profile, event, now, self.profile_config)
         if not applied:
             return False
         self.profiles[user_key] = profile.to_bytes()
-        increments = pair_increments(recent_before, event, self.cooc_config)
+        await self.decisions.on_event(before, profile, event, now)
+        increments = pair_increments(before.recent if before else [], event, self.cooc_config)
         grouped = group_by_partition(increments, self.settings.partitions, event.category)
         for partition, message in grouped.items():
             await self.cooc_topic.send(partition=partition, value=message)
@@ -186,6 +201,21 @@ class Worker:
                 total = decode_decayed(self.cooc_table.get(total_key(partition)))
                 total.add(occurrences, latest, self.cooc_config.half_life_s)
                 self.cooc_table[total_key(partition)] = encode_decayed(total)
+
+    async def _deferred(self, stream: faust.StreamT[bytes]) -> None:
+        """Per-user commands, co-partitioned with the events: delayed triggers, erasure."""
+        async for event in stream.events():
+            key = event.message.key
+            message = orjson.loads(event.value)
+            if message["kind"] in (FORGET, EXPIRE):
+                await self.eraser.handle(key, message)
+                continue
+            stored = self.profiles.get(key)
+            profile = Profile.from_bytes(stored) if stored is not None else None
+            await self.decisions.on_deferred(key, message, profile)
+
+    async def _send_command(self, key: bytes, value: bytes) -> None:
+        await self.deferred_topic.send(key=key, value=value)
 
     async def _flush_related(self) -> None:
         """Score dirty rows and publish their related items and counts to Redis."""
@@ -220,10 +250,15 @@ class Worker:
 
     async def _train_segments(self, stream: faust.StreamT[bytes]) -> None:
         """The single trainer (segments.train has one partition) learns every sample."""
-        async for record in stream:
+        async for event in stream.events():
             if not self.trainer.started:
                 await self.trainer.start(await read_latest_snapshot(self.settings))
-            await self.trainer.learn(record)
+            # The samples are a sample: when the trainer falls behind (CluStream learns a
+            # few thousand vectors per second), stale ones are shed rather than queued.
+            if time.time() - event.message.timestamp > MAX_SAMPLE_AGE_S:
+                metrics.SEGMENT_SKIPPED.inc()
+                continue
+            await self.trainer.learn(event.value)
 
     async def _publish_segments(self) -> None:
         """On the trainer's worker: publish a new snapshot version, then checkpoint."""

@@ -63,6 +63,21 @@ def _parser() -> argparse.ArgumentParser:
         "run a stream-processing worker (Faust); serves /metrics, /healthz, /readyz",
     )
 
+    from streams.offline import add_evaluate_arguments, add_replay_arguments
+
+    replay = _command(commands, "replay", _replay,
+                      "replay a CSV event log through the same core offline (simulated clock); "
+                      "write the push decisions")
+    add_replay_arguments(replay)
+    evaluate = _command(commands, "evaluate", _evaluate,
+                        "next-item quality (HR@10, MRR@10, coverage) and push precision vs "
+                        "popularity and co-view baselines on a CSV log, as JSON")
+    add_evaluate_arguments(evaluate)
+
+    forget = _command(commands, "forget", _forget,
+                      "erase a user everywhere nudgestream keeps state (idempotent)")
+    forget.add_argument("user_id")
+
     related = _command(commands, "related", _related,
                        "print an item's related items as served from Redis (co-occurrence top-K)")
     related.add_argument("item_id")
@@ -163,6 +178,30 @@ def _segments(args: argparse.Namespace) -> int:
     for seg in summary["segments"]:
         top = ", ".join(f"{name} {share:.0%}" for name, share in seg["top_categories"])
         print(f"  #{seg['id']:<3} {seg['share']:6.1%}  {seg['label']:<45} {top}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from streams.offline import run_replay
+
+    return run_replay(args, load_settings())
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from streams.offline import run_evaluate
+
+    return run_evaluate(args, load_settings())
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from streams.erasure import forget_user
+
+    try:
+        report = asyncio.run(forget_user(load_settings(), args.user_id))
+    except TimeoutError as exc:
+        print(f"nudgestream forget: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report))
     return 0
 
 

@@ -138,6 +138,11 @@ SEGMENT_MICRO_CLUSTERS = Gauge(
     "CluStream micro-clusters in the trainer.",
     registry=REGISTRY,
 )
+SEGMENT_SKIPPED = Counter(
+    "nudgestream_segment_vectors_skipped_total",
+    "Training samples the trainer skipped because they were older than it can catch up with.",
+    registry=REGISTRY,
+)
 SEGMENT_LEARNED = Counter(
     "nudgestream_segment_vectors_learned_total",
     "Profile vectors learnt by the segment trainer.",

@@ -33,15 +33,6 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_KEY = b"snapshot"
 SNAPSHOT_INTERVAL_S = 10.0
-#: A user's profile is sampled on their 1st, 2nd, 4th, 8th and then every 16th event:
-#: new users reach the model quickly and heavy users do not dominate it.
-SAMPLE_PERIOD = 16
-
-
-def should_sample(events: int) -> bool:
-    return events % SAMPLE_PERIOD == 0 or (events & (events - 1)) == 0
-
-
 def training_record(profile: Profile, now: float, features: FeatureConfig) -> bytes:
     return orjson.dumps({"v": profile_vector(profile, now, features), "c": profile.categories})
 

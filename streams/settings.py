@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from models.limits import LimitConfig, Window
+from models.policy import PolicyConfig, TriggerKind
 from streams.topics import Topics
 
 PREFIX = "NUDGESTREAM_"
@@ -67,6 +68,13 @@ class RawSettings:
     push_global_rate: str = _env("PUSH_GLOBAL_RATE", "200", "pushes/s all workers together may send")
     push_global_burst: str = _env("PUSH_GLOBAL_BURST", "400", "pushes sent at once after a quiet spell")
     holdout_percent: str = _env("HOLDOUT_PERCENT", "5", "control group share of users, 0-50 (%)")
+    triggers: str = _env(
+        "TRIGGERS", "browse_interest,browse_abandoned,post_purchase", "comma-separated trigger kinds"
+    )
+    browse_min_items: str = _env("BROWSE_MIN_ITEMS", "2", "distinct items in a category that fire a browse trigger")
+    abandon_delay_s: str = _env("ABANDON_DELAY_S", "3600", "delay of the browse_abandoned trigger (s)")
+    items_per_push: str = _env("ITEMS_PER_PUSH", "3", "most items in one push (1-20)")
+    push_expiry_s: str = _env("PUSH_EXPIRY_S", "86400", "a decision expires this long after its event (s)")
     retention_days: str = _env("RETENTION_DAYS", "90", "inactive users' state is erased after (days)")
 
 
@@ -94,7 +102,7 @@ class Settings:
     pseudonym_key: bytes
     default_tz: str
     limits: LimitConfig
-    holdout_percent: float
+    policy: PolicyConfig
     retention_days: float
 
     @property
@@ -176,7 +184,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         pseudonym_key=raw.pseudonym_key.encode(),
         default_tz=_parse("DEFAULT_TZ", raw.default_tz, _zone),
         limits=_limits(raw),
-        holdout_percent=_parse("HOLDOUT_PERCENT", raw.holdout_percent, _percent),
+        policy=_policy(raw),
         retention_days=_parse("RETENTION_DAYS", raw.retention_days, _positive_float),
     )
 
@@ -195,6 +203,26 @@ def _limits(raw: RawSettings) -> LimitConfig:
         global_rate_per_s=_parse("PUSH_GLOBAL_RATE", raw.push_global_rate, _positive_float),
         global_burst=_parse("PUSH_GLOBAL_BURST", raw.push_global_burst, _int_between(1, 1_000_000)),
     )
+
+
+def _policy(raw: RawSettings) -> PolicyConfig:
+    return PolicyConfig(
+        triggers=_parse("TRIGGERS", raw.triggers, _trigger_kinds),
+        browse_min_items=_parse("BROWSE_MIN_ITEMS", raw.browse_min_items, _int_between(1, 100)),
+        abandon_delay_s=_parse("ABANDON_DELAY_S", raw.abandon_delay_s, _positive_float),
+        items_per_push=_parse("ITEMS_PER_PUSH", raw.items_per_push, _int_between(1, 20)),
+        expiry_s=_parse("PUSH_EXPIRY_S", raw.push_expiry_s, _positive_float),
+        holdout_percent=_parse("HOLDOUT_PERCENT", raw.holdout_percent, _percent),
+    )
+
+
+def _trigger_kinds(text: str) -> frozenset[TriggerKind]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = {k.value: k for k in TriggerKind}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown trigger(s) {unknown}; known: {', '.join(known)}")
+    return frozenset(known[n] for n in names)
 
 
 def _quiet_hours(text: str) -> tuple[dt_time, dt_time]:

@@ -1,0 +1,409 @@
+"""Offline push replay: the streaming decision path driven by a time-ordered log.
+
+:class:`PushReplay` advances the same core the workers run, one event at a time, on a
+simulated clock taken from event times:
+
+1. :class:`~models.replay.Replay` — profiles, co-occurrence rows, related lists;
+2. :class:`ServedPopularity` — the popular lists the workers serve: items ranked by their
+   co-occurrence row's own decayed count, overall and per category;
+3. segments — a :class:`~models.segments.SegmentTrainer` fed the profile vectors the
+   workers would sample (a user's 1st, 2nd, 4th, 8th and then every 16th event), a
+   snapshot every ``snapshot_every`` applied events, users assigned with the latest one;
+4. the policy (:mod:`models.policy`) — triggers after each event; delayed triggers (and
+   decisions deferred by quiet hours) wait in a queue and are decided when the clock
+   passes their due time (before the next event, and at the end of the log); each
+   decision reads the state **as it stood at that moment**;
+5. the rate limits — the pure :class:`~models.limits.Limiter` on the simulated clock,
+   then the control group (:func:`~models.policy.in_holdout`) among allowed decisions.
+
+Every decision is recorded (:class:`Record`): pushes in the decision schema, the others
+(suppressed, holdout, deferred) in the audit schema. ``decided_at`` is the simulated
+time the decision was made; a decision deferred by quiet hours is recorded as deferred
+when it is made and decided again when the quiet hours end, so a push's ``decided_at``
+is when it is sent.
+
+>>> from models.events import Event, EventType
+>>> from models.limits import LimitConfig
+>>> from datetime import time
+>>> config = PushReplayConfig(limits=LimitConfig(quiet_start=time(0), quiet_end=time(0)))
+>>> views = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "c")]
+>>> log = [Event(f"e{n}", EventType.VIEW, u, i, 1000.0 + n, "toys") for n, (u, i) in enumerate(views)]
+>>> records = []
+>>> stats = PushReplay(config, records.append).run(log)
+>>> [(r.outcome, r.decision.trigger.value, r.decision.user_id, [i for i, _ in r.decision.items])
+...  for r in records]  # doctest: +NORMALIZE_WHITESPACE
+[('pushed', 'browse_interest', 'u3', ['b']),
+ ('pushed', 'browse_abandoned', 'u1', ['c']),
+ ('pushed', 'browse_abandoned', 'u2', ['c']),
+ ('suppressed', 'browse_abandoned', 'u3', ['b'])]
+>>> records[-1].reason, stats.empty  # b was pushed to u3 an hour ago; u1, u2 first had nothing
+('item_cooldown', 2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import math
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
+from datetime import time
+from pathlib import Path
+from typing import IO, Any, Final
+
+import orjson
+
+from models.events import Event
+from models.features import FeatureConfig, profile_vector, should_sample
+from models.limits import LimitConfig, Limiter, Verdict
+from models.logfile import BadRow, open_events
+from models.policy import (
+    HOLDOUT,
+    QUIET_HOURS,
+    CandidateData,
+    Decision,
+    Needs,
+    Outcome,
+    PolicyConfig,
+    Trigger,
+    copy_profile,
+    decide,
+    in_holdout,
+    needs,
+    release_at,
+    still_valid,
+    triggers_for,
+)
+from models.profile import Profile
+from models.replay import DEFAULT_PROGRESS_EVERY, Replay, ReplayConfig, ReplayStats
+from models.segments import Segment, SegmenterConfig, SegmentSnapshot, SegmentTrainer
+
+PUSHED: Final = "pushed"
+
+
+@dataclass(frozen=True, slots=True)
+class PushReplayConfig:
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    limits: LimitConfig = field(default_factory=LimitConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    #: Applied events between segment snapshots (the workers take one every few seconds).
+    snapshot_every: int = 1000
+    #: Items kept per served popular list (the workers keep 500 per category).
+    popular_kept: int = 500
+
+    def __post_init__(self) -> None:
+        if self.snapshot_every < 1 or self.popular_kept < 1:
+            raise ValueError("snapshot_every and popular_kept must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One decision and what became of it: ``pushed`` or an audit :class:`Outcome`."""
+
+    decision: Decision
+    outcome: str = PUSHED
+    reason: str | None = None
+
+    @property
+    def pushed(self) -> bool:
+        return self.outcome == PUSHED
+
+    def to_dict(self) -> dict[str, Any]:
+        """The decision schema for a push, the audit schema otherwise."""
+        if self.pushed:
+            return self.decision.to_dict()
+        return self.decision.to_audit_dict(Outcome(self.outcome), self.reason or self.outcome)
+
+
+@dataclass(slots=True)
+class PushReplayStats:
+    triggers: Counter[str] = field(default_factory=Counter)
+    #: Triggers no longer valid at their due time (e.g. the user bought meanwhile).
+    invalid: int = 0
+    #: Valid triggers with nothing worth pushing.
+    empty: int = 0
+    #: Decisions by outcome (``pushed`` or an audit outcome), and unsent ones by reason.
+    outcomes: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    segment_snapshots: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "triggers": dict(sorted(self.triggers.items())),
+            "invalid": self.invalid,
+            "empty": self.empty,
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "reasons": dict(sorted(self.reasons.items())),
+            "segment_snapshots": self.segment_snapshots,
+        }
+
+
+class _TopScores:
+    """The ``capacity`` best items of a set whose scores only ever rise (exact).
+
+    Ranked by score, ties by item id, so the kept items are those a full ranking puts first.
+    """
+
+    __slots__ = ("capacity", "scores", "worst")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.scores: dict[str, float] = {}
+        #: The rank key (-score, item) of the last kept item, once the set is full.
+        self.worst: tuple[float, str] | None = None
+
+    def offer(self, item: str, score: float) -> None:
+        scores = self.scores
+        if item in scores or len(scores) < self.capacity:
+            scores[item] = score
+        elif self.worst is not None and (-score, item) < self.worst:
+            del scores[self.worst[1]]
+            scores[item] = score
+        else:
+            return
+        full = len(scores) == self.capacity
+        self.worst = max((-s, i) for i, s in scores.items()) if full else None
+
+    def top(self, n: int) -> list[tuple[str, float]]:
+        return heapq.nsmallest(n, self.scores.items(), key=_rank)
+
+
+def _rank(pair: tuple[str, float]) -> tuple[float, str]:
+    return -pair[1], pair[0]
+
+
+class ServedPopularity:
+    """Popular items as the workers serve them (see ``streams/cooccurrence.py``).
+
+    An item's score is ``log2(count) + ts / half_life`` of its co-occurrence row's own
+    decayed count: the same order as the count now, and it only rises, so the best
+    ``capacity`` per list are kept exactly. Per category, an item counts in the category
+    its latest event carried.
+    """
+
+    def __init__(self, half_life_s: float, capacity: int) -> None:
+        self.half_life_s = half_life_s
+        self.capacity = capacity
+        self.overall = _TopScores(capacity)
+        self.by_category: dict[str, _TopScores] = {}
+
+    def learn(self, item: str, category: str | None, count: float, ts: float) -> None:
+        """Record an item's row count (``count`` as of ``ts``) after it changed."""
+        if count <= 0:
+            return
+        score = math.log2(count) + ts / self.half_life_s
+        self.overall.offer(item, score)
+        if category:
+            top = self.by_category.get(category)
+            if top is None:
+                top = self.by_category[category] = _TopScores(self.capacity)
+            top.offer(item, score)
+
+    def top(self, n: int, category: str | None = None) -> list[tuple[str, float]]:
+        ranked = self.overall if category is None else self.by_category.get(category)
+        return ranked.top(n) if ranked is not None else []
+
+
+class _Segments:
+    """The trainer, its latest snapshot and the assignment of users, as in the workers."""
+
+    def __init__(self, config: PushReplayConfig) -> None:
+        self.trainer = SegmentTrainer(config.segmenter, config.features)
+        self.every = config.snapshot_every
+        self.snapshot: SegmentSnapshot | None = None
+        self.applied = 0
+
+    def learn(self, profile: Profile, now: float) -> bool:
+        """Sample the profile if due; True when a new snapshot was taken."""
+        if should_sample(profile.events):
+            vector = profile_vector(profile, now, self.trainer.features)
+            self.trainer.learn_one(vector, profile.categories)
+        self.applied += 1
+        if self.applied % self.every:
+            return False
+        previous = self.snapshot
+        self.snapshot = self.trainer.snapshot(now)
+        return self.snapshot is not previous
+
+    def assign(self, profile: Profile, now: float) -> tuple[int | None, Segment | None]:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return None, None
+        segment_id = snapshot.assign(profile_vector(profile, now, snapshot.features))
+        info = next(s for s in snapshot.segments if s.id == segment_id)
+        return segment_id, info
+
+
+class PushReplay:
+    """The decision path on a simulated clock (see the module doc)."""
+
+    def __init__(
+        self, config: PushReplayConfig | None = None, sink: Callable[[Record], None] | None = None
+    ) -> None:
+        self.config = config or PushReplayConfig()
+        self.replay = Replay(self.config.replay)
+        self.popularity = ServedPopularity(
+            self.config.replay.cooc.half_life_s, self.config.popular_kept
+        )
+        self.segments = _Segments(self.config)
+        self.limiter = Limiter(self.config.limits)
+        self.stats = PushReplayStats()
+        self.sink = sink or _ignore
+        #: (due time, sequence, trigger): delayed triggers in due order, ties in arrival order.
+        self._pending: list[tuple[float, int, Trigger]] = []
+        self._sequence = itertools.count()
+
+    def run(
+        self,
+        records: Iterable[Event | BadRow],
+        progress: Callable[[ReplayStats], None] | None = None,
+        progress_every: int = DEFAULT_PROGRESS_EVERY,
+    ) -> PushReplayStats:
+        """Replay a whole log, then decide every trigger still pending."""
+        for event in self.replay.feed(records, progress, progress_every):
+            self.process(event)
+        self.finish()
+        return self.stats
+
+    def process(self, event: Event) -> None:
+        self._decide_due(until=event.ts)
+        before = copy_profile(self.replay.profile(event.user_id))
+        if not self.replay.process(event):
+            return
+        after = self.replay.profiles[event.user_id]
+        self._learn(event, after)
+        for trigger in triggers_for(before, after, event, self.config.policy):
+            self.stats.triggers[trigger.kind.value] += 1
+            if trigger.due_at <= event.ts:
+                self._decide(trigger)
+            else:
+                self._schedule(trigger)
+
+    def finish(self) -> None:
+        """Decide what is still pending, as if the clock ran on after the log."""
+        self._decide_due(until=math.inf)
+
+    def _learn(self, event: Event, profile: Profile) -> None:
+        row = self.replay.row(event.item_id)
+        if row is not None:
+            self.popularity.learn(event.item_id, event.category, row.value, row.ts)
+        self.stats.segment_snapshots += self.segments.learn(profile, self.replay.clock)
+
+    def _schedule(self, trigger: Trigger) -> None:
+        heapq.heappush(self._pending, (trigger.due_at, next(self._sequence), trigger))
+
+    def _decide_due(self, until: float) -> None:
+        while self._pending and self._pending[0][0] <= until:
+            _, _, trigger = heapq.heappop(self._pending)
+            self._decide(trigger)
+
+    def _decide(self, trigger: Trigger) -> None:
+        # The simulated present: a trigger is never decided before the latest event seen.
+        now = max(trigger.due_at, self.replay.clock)
+        policy = self.config.policy
+        profile = self.replay.profile(trigger.user_id)
+        if profile is None or not still_valid(trigger, profile, now, policy):
+            self.stats.invalid += 1
+            return
+        segment, info = self.segments.assign(profile, now)
+        data = self.fetch(needs(trigger, profile, policy, info))
+        decision = decide(trigger, profile, data, segment, info, now, policy)
+        if decision is None:
+            self.stats.empty += 1
+            return
+        self._limit(trigger, decision, profile.tz)
+
+    def fetch(self, need: Needs) -> CandidateData:
+        """What the workers fetch from Redis, read from the replay's state."""
+        popularity = self.popularity
+        return CandidateData(
+            related={item: self.replay.related(item) for item in need.related_items},
+            popular=popularity.top(need.n_popular),
+            popular_by_category={c: popularity.top(need.n_popular, c) for c in need.categories},
+        )
+
+    def _limit(self, trigger: Trigger, decision: Decision, tz: str | None) -> None:
+        result = self.limiter.check(decision.limit_request(tz))
+        if result.verdict is Verdict.DEFERRED:
+            assert result.defer_until is not None
+            self._emit(Record(decision, Outcome.DEFERRED.value, QUIET_HOURS))
+            release = release_at(trigger.user_id, result.defer_until, self.config.policy)
+            self._schedule(trigger.deferred_to(release))
+        elif result.verdict is Verdict.SUPPRESSED:
+            assert result.reason is not None
+            self._emit(Record(decision, Outcome.SUPPRESSED.value, result.reason.value))
+        elif in_holdout(
+            decision.user_id, self.config.policy.holdout_percent, self.config.policy.holdout_salt
+        ):
+            self._emit(Record(decision, Outcome.HOLDOUT.value, HOLDOUT))
+        else:
+            self._emit(Record(decision.restricted_to(result.items)))
+
+    def _emit(self, record: Record) -> None:
+        self.stats.outcomes[record.outcome] += 1
+        if record.reason is not None:
+            self.stats.reasons[record.reason] += 1
+        self.sink(record)
+
+
+def _ignore(record: Record) -> None:
+    """A sink that keeps nothing."""
+
+
+def replay_pushes(
+    records: Iterable[Event | BadRow],
+    decisions_out: IO[bytes] | None = None,
+    audit_out: IO[bytes] | None = None,
+    config: PushReplayConfig | None = None,
+    progress: Callable[[ReplayStats], None] | None = None,
+) -> dict[str, Any]:
+    """Replay a log; write pushes (decision schema) and unsent decisions (audit schema)
+    as JSON lines; return the counters (JSON-serialisable)."""
+
+    def write(record: Record) -> None:
+        out = decisions_out if record.pushed else audit_out
+        if out is not None:
+            out.write(orjson.dumps(record.to_dict()) + b"\n")
+
+    push_replay = PushReplay(config, write)
+    stats = push_replay.run(records, progress)
+    return {"decisions": stats.to_dict(), "replay": push_replay.replay.stats.to_dict()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.push_replay", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--events", type=Path, required=True, help="CSV event log")
+    parser.add_argument("--decisions-out", type=Path, help="pushes, one JSON object per line")
+    parser.add_argument("--audit-out", type=Path, help="unsent decisions, one JSON object per line")
+    parser.add_argument("--tz", help="zone of users whose events carry none (default UTC)")
+    parser.add_argument(
+        "--no-quiet-hours", action="store_true", help="send at decision time, day and night"
+    )
+    args = parser.parse_args(argv)
+    limits = LimitConfig()
+    if args.tz:
+        limits = replace(limits, default_tz=args.tz)
+    if args.no_quiet_hours:
+        limits = replace(limits, quiet_start=time(0), quiet_end=time(0))
+    with _open(args.decisions_out) as decisions, _open(args.audit_out) as audit:
+        summary = replay_pushes(
+            open_events(args.events), decisions, audit, PushReplayConfig(limits=limits)
+        )
+    sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def _open(path: Path | None) -> AbstractContextManager[IO[bytes] | None]:
+    return path.open("wb") if path is not None else nullcontext()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Push decisions in the stream: triggers, delays, candidates, rate limits, publishing.
+
+Runs inside the user-partitioned worker, after the profile update:
+
+1. :func:`models.policy.triggers_for` turns the event into triggers. An immediate one
+   is decided at once; a delayed one ("no buy within N minutes", or a decision deferred
+   by quiet hours) goes to ``notifications.deferred`` (keyed by user, co-partitioned with
+   the events) and from there into the changelog-backed ``pending`` table, so a crash
+   loses no timer. A timer on each worker re-sends due entries of its partitions as
+   ``due`` messages, which the ``deferred`` agent decides *in stream context* (tables
+   may only change there), after :func:`models.policy.still_valid`.
+2. The data the policy needs (related items of recent items, popular items overall and
+   per category, item categories) is fetched from Redis in **one pipelined round trip**.
+3. :func:`models.policy.decide` picks the items.
+4. The Redis limiter checks and records the push atomically; it fails closed. A push
+   deferred by quiet hours is decided again when they end (spread over
+   ``release_spread_s`` so a night's pushes do not all leave at 08:00:00).
+5. An allowed decision is published to ``notifications.push`` and the broker's ack is
+   awaited before the limiter marks it published — unless the user is in the control
+   group (:func:`models.policy.in_holdout`, drawn after the limits so that control users
+   face the same limits as the others); suppressed, deferred and holdout decisions go to
+   ``notifications.suppressed`` with their reason.
+
+Effectively once: the decision id is a hash of (trigger, triggering event id), so an
+event replayed after a crash re-makes the *same* decision. The limiter returns its
+recorded verdict without counting it again, and reports whether it was already
+published, in which case it is not sent again. The remaining window — a crash between
+the broker's ack and the published mark — gives one duplicate with the same
+``decision_id``, which notification workers drop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+import orjson
+from faust.types import TableT
+
+from models.events import Event
+from models.limits import LimitResult, Verdict
+from models.policy import (
+    HOLDOUT,
+    QUIET_HOURS,
+    CandidateData,
+    Decision,
+    Needs,
+    Outcome,
+    Trigger,
+    decide,
+    in_holdout,
+    needs,
+    release_at,
+    still_valid,
+    triggers_for,
+)
+from models.profile import Profile
+from streams import metrics
+from streams.cooccurrence import RelatedItemsStore
+from streams.limiter import RedisLimiter
+from streams.segmentation import SnapshotFollower
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: A trigger whose candidate data could not be fetched (Redis down) is retried this much later.
+RETRY_AFTER_S = 30.0
+
+
+class DecisionEngine:
+    """The decision path of one worker; the agents call :meth:`on_event` and :meth:`on_deferred`."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        related: RelatedItemsStore,
+        segments: SnapshotFollower,
+        pending: TableT[bytes, bytes],
+    ) -> None:
+        self.settings = settings
+        self.policy = settings.policy
+        self.related = related
+        self.segments = segments
+        self.pending = pending
+        self.limiter = RedisLimiter(settings.redis_url, settings.limits, prefix=f"{settings.app_id}:")
+        self.push_topic = app.topic(settings.topics.push)
+        self.audit_topic = app.topic(settings.topics.suppressed)
+        self.deferred_topic = app.topic(settings.topics.deferred)
+        #: Entries re-sent as due and not yet handled (so a slow agent is not flooded).
+        self._fired: set[str] = set()
+
+    # --- from the ingest agent ---------------------------------------------------------
+
+    async def on_event(self, before: Profile | None, profile: Profile, event: Event, now: float) -> None:
+        for trigger in triggers_for(before, profile, event, self.policy):
+            if trigger.due_at <= now:
+                await self.run(trigger, profile, now)
+            else:
+                await self._wait(trigger)
+
+    # --- delays ----------------------------------------------------------------------
+
+    async def _wait(self, trigger: Trigger) -> None:
+        entry = {"kind": "wait", "id": entry_id(trigger), "trigger": trigger.to_dict()}
+        await self.deferred_topic.send(key=trigger.user_id.encode(), value=orjson.dumps(entry))
+
+    async def on_deferred(self, key: bytes, message: dict[str, Any], profile: Profile | None) -> None:
+        """``deferred`` agent: store a waiting trigger, or decide a due one."""
+        entries: dict[str, Any] = orjson.loads(self.pending.get(key) or b"{}")
+        if message["kind"] == "wait":
+            entries[message["id"]] = message["trigger"]
+            self.pending[key] = orjson.dumps(entries)
+            return
+        self._fired.discard(message["id"])
+        stored = entries.pop(message["id"], None)
+        if stored is None:
+            return  # already handled (a duplicate due message)
+        if entries:
+            self.pending[key] = orjson.dumps(entries)
+        else:
+            del self.pending[key]
+        trigger = Trigger.from_dict(stored)
+        now = time.time()
+        if not still_valid(trigger, profile, now, self.policy) or profile is None:
+            metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="cancelled").inc()
+            return
+        await self.run(trigger, profile, now)
+
+    async def fire_due(self) -> None:
+        """Timer: re-send due entries of this worker's partitions as ``due`` messages."""
+        now = time.time()
+        for key, raw in list(self.pending.items()):
+            for entry_key, trigger in orjson.loads(raw).items():
+                if trigger["due_at"] <= now and entry_key not in self._fired:
+                    self._fired.add(entry_key)
+                    message = orjson.dumps({"kind": "due", "id": entry_key})
+                    await self.deferred_topic.send(key=key, value=message)
+
+    # --- deciding --------------------------------------------------------------------
+
+    async def run(self, trigger: Trigger, profile: Profile, now: float) -> None:
+        decision = await self._decide(trigger, profile, now)
+        if decision is not None:
+            result = await self.limiter.check(decision.limit_request(profile.tz))
+            await self._act(trigger, decision, result)
+
+    async def _decide(self, trigger: Trigger, profile: Profile, now: float) -> Decision | None:
+        snapshot = self.segments.current
+        segment = self.segments.assign(profile, now)
+        info = next((s for s in snapshot.segments if s.id == segment), None) if snapshot else None
+        try:
+            data = await self.fetch(needs(trigger, profile, self.policy, info))
+        except Exception:
+            metrics.REDIS_ERRORS.labels(operation="candidates").inc()
+            log.warning("candidate data unavailable; retrying the trigger later", exc_info=True)
+            await self._wait(trigger.deferred_to(now + RETRY_AFTER_S))
+            return None
+        decision = decide(trigger, profile, data, segment, info, now, self.policy)
+        if decision is None:
+            metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="no_candidates").inc()
+        return decision
+
+    async def fetch(self, wanted: Needs) -> CandidateData:
+        related, popular, by_category, _ = await self.related.fetch(
+            wanted.related_items, wanted.categories, (), wanted.n_popular
+        )
+        return CandidateData(related=related, popular=popular, popular_by_category=by_category)
+
+    async def _act(self, trigger: Trigger, decision: Decision, result: LimitResult) -> None:
+        if result.verdict is Verdict.ALLOWED:
+            if result.replayed and result.published:
+                return  # published before a crash: never twice
+            if in_holdout(decision.user_id, self.policy.holdout_percent, self.policy.holdout_salt):
+                await self._audit(decision, Outcome.HOLDOUT, HOLDOUT)
+                return
+            await self._publish(decision.restricted_to(result.items))
+        elif result.verdict is Verdict.DEFERRED:
+            assert result.defer_until is not None
+            release = release_at(decision.user_id, result.defer_until, self.policy)
+            await self._wait(trigger.deferred_to(release))
+            await self._audit(decision, Outcome.DEFERRED, QUIET_HOURS)
+        else:
+            reason = result.reason.value if result.reason else "unknown"
+            metrics.SUPPRESSED.labels(reason=reason).inc()
+            await self._audit(decision, Outcome.SUPPRESSED, reason)
+
+    async def _publish(self, decision: Decision) -> None:
+        record = orjson.dumps(decision.to_dict())
+        ack = await self.push_topic.send(key=decision.user_id.encode(), value=record)
+        await ack  # the broker has it before the limiter is told it was published
+        await self.limiter.mark_published(decision.user_id, decision.decision_id, time.time())
+        metrics.DECISIONS.labels(trigger=decision.trigger.value, outcome="pushed").inc()
+        metrics.DECISION_LATENCY.observe(max(0.0, time.time() - decision.event_ts))
+
+    async def _audit(self, decision: Decision, outcome: Outcome, reason: str) -> None:
+        record = orjson.dumps(decision.to_audit_dict(outcome, reason))
+        await self.audit_topic.send(key=decision.user_id.encode(), value=record)
+        metrics.DECISIONS.labels(trigger=decision.trigger.value, outcome=outcome.value).inc()
+
+
+def entry_id(trigger: Trigger) -> str:
+    return f"{trigger.kind.value}:{trigger.event_id}:{trigger.due_at:.3f}"

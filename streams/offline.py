@@ -1,0 +1,129 @@
+"""``nudgestream replay`` and ``nudgestream evaluate``: the core, offline, on a log.
+
+Both read the public CSV log format and run the very ``models`` code the workers run,
+with a simulated clock taken from the event times and the same settings (push limits,
+quiet hours, time zone and control group come from the ``NUDGESTREAM_*`` environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import sys
+import time
+from collections.abc import Iterator
+from datetime import time as dt_time
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from models.evaluate import EvalConfig, evaluate
+from models.logfile import open_events
+from models.push_evaluate import evaluate_pushes
+from models.push_replay import PushReplayConfig, replay_pushes
+from models.replay import Replay, ReplayStats
+from streams.settings import Settings
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=Path, required=True, help="CSV event log (time-ordered)")
+    parser.add_argument("--decisions-out", type=Path, help="write pushes here (JSON lines, decision schema)")
+    parser.add_argument("--audit-out", type=Path, help="write suppressed/holdout/deferred decisions here")
+    add_policy_overrides(parser)
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=Path, required=True, help="CSV event log (time-ordered)")
+    parser.add_argument(
+        "--decisions", type=Path,
+        help="pushes to score (JSON lines); default: replay the log now and score its pushes",
+    )
+    parser.add_argument("--horizon-h", type=float, default=24.0, help="push precision horizon (h)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_policy_overrides(parser)
+
+
+def add_policy_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tz", help="zone of users whose events carry none (NUDGESTREAM_DEFAULT_TZ)")
+    parser.add_argument(
+        "--no-quiet-hours", action="store_true",
+        help="send at decision time day and night (NUDGESTREAM_QUIET_HOURS=off)",
+    )
+
+
+def replay_config(args: argparse.Namespace, settings: Settings) -> PushReplayConfig:
+    """The workers' configuration, with the command line's overrides."""
+    limits = settings.limits
+    if args.tz:
+        limits = dataclasses.replace(limits, default_tz=args.tz)
+    if args.no_quiet_hours:
+        limits = dataclasses.replace(limits, quiet_start=dt_time(0), quiet_end=dt_time(0))
+    return PushReplayConfig(limits=limits, policy=settings.policy)
+
+
+class Progress:
+    """One line on stderr, rewritten as the replay advances."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, stats: ReplayStats) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        print(
+            f"\r  {stats.records:>10,} records  {stats.records / elapsed:>9,.0f}/s",
+            end="", file=sys.stderr, flush=True,
+        )
+
+    def done(self) -> None:
+        print(file=sys.stderr)
+
+
+def run_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Profiles, co-occurrence and popularity only (fast), or, when decisions are asked
+    for, the whole push pipeline: segments, triggers, candidates and rate limits."""
+    progress = Progress()
+    if args.decisions_out is None and args.audit_out is None:
+        replay = Replay()
+        stats = replay.run(open_events(args.events), progress)
+        summary: dict[str, Any] = {"replay": stats.to_dict(), "items": len(replay.rows)}
+    else:
+        with _open(args.decisions_out) as decisions, _open(args.audit_out) as audit:
+            summary = replay_pushes(
+                open_events(args.events), decisions, audit, replay_config(args, settings), progress
+            )
+    progress.done()
+    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    progress = Progress()
+    next_item = evaluate(open_events(args.events), EvalConfig(), progress)
+    pushes = list(_decisions(args, settings, progress))
+    progress.done()
+    push_report = evaluate_pushes(open_events(args.events), pushes, (), args.horizon_h * 3600.0)
+    report: dict[str, Any] = {"next_item": next_item, "push": push_report}
+    if args.json:
+        print(orjson.dumps(report).decode())
+    else:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _decisions(
+    args: argparse.Namespace, settings: Settings, progress: Progress
+) -> Iterator[dict[str, Any]]:
+    if args.decisions is not None:
+        with args.decisions.open("rb") as lines:
+            yield from (orjson.loads(line) for line in lines if line.strip())
+        return
+    buffer = io.BytesIO()
+    replay_pushes(open_events(args.events), buffer, None, replay_config(args, settings), progress)
+    yield from (orjson.loads(line) for line in buffer.getvalue().splitlines() if line.strip())
+
+
+def _open(path: Path | None) -> contextlib.AbstractContextManager[IO[bytes] | None]:
+    return path.open("wb") if path is not None else contextlib.nullcontext()
