@@ -68,7 +68,7 @@ ROCKSDB_OPTIONS = {
 }
 #: Training samples older than this are skipped by a trainer that has fallen behind.
 MAX_SAMPLE_AGE_S = 30.0
-#: How often inactive users are looked for (the retention itself is in days).
+#: How often inactive users are looked for (at most; a tenth of the retention if shorter).
 RETENTION_SWEEP_S = 3600.0
 #: How many profiles the segment-size gauge looks at per refresh (an estimate beyond).
 SEGMENT_GAUGE_SAMPLE = 5000
@@ -114,7 +114,7 @@ class Worker:
         self.app.agent(self.cooc_topic, name="cooc")(self._cooccurrence)
         self.app.agent(self.deferred_topic, name="deferred")(self._deferred)
         self.app.timer(1.0)(self.decisions.fire_due)
-        self.app.timer(RETENTION_SWEEP_S)(self.eraser.sweep)
+        self.app.timer(min(RETENTION_SWEEP_S, self.eraser.retention_s / 10))(self.eraser.sweep)
         self.app.agent(self.segments_train_topic, name="segment-trainer")(self._train_segments)
         self.app.timer(FLUSH_INTERVAL_S)(self._flush_related)
         self.app.task(self.segments.run)
@@ -125,8 +125,11 @@ class Worker:
         self._add_pages()
 
     def _table(self, name: str) -> TableT[bytes, bytes]:
+        # key_type/value_type decide how *recovery* decodes the changelog; the schema how
+        # writes encode it: both must say raw bytes.
         return self.app.Table(
-            name, partitions=self.settings.partitions, schema=RAW_SCHEMA, options=ROCKSDB_OPTIONS
+            name, partitions=self.settings.partitions, schema=RAW_SCHEMA, key_type=bytes,
+            value_type=bytes, options=ROCKSDB_OPTIONS,
         )
 
     # --- agents --------------------------------------------------------------------

@@ -15,8 +15,8 @@ Runs inside the user-partitioned worker, after the profile update:
 4. The Redis limiter checks and records the push atomically; it fails closed. A push
    deferred by quiet hours is decided again when they end (spread over
    ``release_spread_s`` so a night's pushes do not all leave at 08:00:00).
-5. An allowed decision is published to ``notifications.push`` and the broker's ack is
-   awaited before the limiter marks it published — unless the user is in the control
+5. An allowed decision is published to ``notifications.push``; once the broker has
+   acknowledged it (awaited beside the stream, not in it) the limiter marks it published — unless the user is in the control
    group (:func:`models.policy.in_holdout`, drawn after the limits so that control users
    face the same limits as the others); suppressed, deferred and holdout decisions go to
    ``notifications.suppressed`` with their reason.
@@ -31,8 +31,10 @@ the broker's ack and the published mark — gives one duplicate with the same
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
@@ -91,6 +93,7 @@ class DecisionEngine:
         self.deferred_topic = app.topic(settings.topics.deferred)
         #: Entries re-sent as due and not yet handled (so a slow agent is not flooded).
         self._fired: set[str] = set()
+        self._confirmations: set[asyncio.Future[None]] = set()
 
     # --- from the ingest agent ---------------------------------------------------------
 
@@ -190,7 +193,20 @@ class DecisionEngine:
     async def _publish(self, decision: Decision) -> None:
         record = orjson.dumps(decision.to_dict())
         ack = await self.push_topic.send(key=decision.user_id.encode(), value=record)
-        await ack  # the broker has it before the limiter is told it was published
+        # Waiting for the broker here would stall the user's partition for a round trip;
+        # the confirmation runs beside the stream instead (Faust still flushes every send
+        # before it commits the triggering event's offset).
+        task = asyncio.ensure_future(self._confirm(ack, decision))
+        self._confirmations.add(task)
+        task.add_done_callback(self._confirmations.discard)
+
+    async def _confirm(self, ack: Awaitable[Any], decision: Decision) -> None:
+        """After the broker's ack: tell the limiter it was published, count it."""
+        try:
+            await ack
+        except Exception:
+            log.warning("push %s not acknowledged; it is retried with its event", decision.decision_id)
+            return
         await self.limiter.mark_published(decision.user_id, decision.decision_id, time.time())
         metrics.DECISIONS.labels(trigger=decision.trigger.value, outcome="pushed").inc()
         metrics.DECISION_LATENCY.observe(max(0.0, time.time() - decision.event_ts))

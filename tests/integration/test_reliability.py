@@ -18,9 +18,10 @@ import math
 import random
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -399,7 +400,7 @@ async def test_ten_thousand_malformed_inputs_are_dead_lettered_and_the_worker_ke
         )
         assert isinstance(verdict, Rejection) and record["reason"] == verdict.reason, record
         # ... and what the generator promises for its kinds of breakage.
-        if (topic, value) in claimed:
+        if value is not None and (topic, value) in claimed:
             assert record["reason"] == claimed[(topic, value)], record
 
     # The worker is alive, ready, counted every rejection by reason, and still processes.
@@ -492,15 +493,19 @@ async def read_whole_topic(deployment: Deployment, topic: str) -> list[ConsumerR
     return records
 
 
-OccurrenceKey = tuple[str, float]
+#: Occurrence weights (decayed to a common time) by (item, event time).
+Occurrences = defaultdict[tuple[str, float], float]
 
 
-def occurrences_by_key(
-    records: Iterable[ConsumerRecord[bytes, bytes]], at: float
-) -> Counter[OccurrenceKey]:
-    """Occurrence weight (decayed to ``at``) pair messages carry, by (item, event time)."""
+def shortfall(wanted: Occurrences, had: Occurrences) -> float:
+    """How much of ``wanted`` is missing from ``had``."""
+    return sum(max(0.0, weight - had.get(key, 0.0)) for key, weight in wanted.items())
+
+
+def occurrences_by_key(records: Iterable[ConsumerRecord[bytes, bytes]], at: float) -> Occurrences:
+    """Occurrence weight (decayed to ``at``) that pair messages carry."""
     half_life = Replay().config.cooc.half_life_s
-    found: Counter[OccurrenceKey] = Counter()
+    found: Occurrences = defaultdict(float)
     for record in records:
         assert record.value is not None
         _, increments = decode_increments(record.value)
@@ -510,19 +515,19 @@ def occurrences_by_key(
     return found
 
 
-def expected_occurrences(events: Iterable[Event], at: float) -> dict[str, Counter[OccurrenceKey]]:
+def expected_occurrences(events: Iterable[Event], at: float) -> dict[str, Occurrences]:
     """What each event adds to item occurrence counts, from the offline run, by event id."""
     replay, half_life = Replay(), Replay().config.cooc.half_life_s
-    out: dict[str, Counter[OccurrenceKey]] = {}
+    out: dict[str, Occurrences] = {}
     for event in events:
         before = replay.profiles.get(event.user_id)
         recent_before = list(before.recent) if before is not None else []
         replay.process(event)
-        out[event.event_id] = Counter({
-            (inc.item_id, inc.ts): inc.occurrences * math.exp2(-(at - inc.ts) / half_life)
-            for inc in pair_increments(recent_before, event, replay.config.cooc)
-            if inc.occurrences
-        })
+        added: Occurrences = defaultdict(float)
+        for inc in pair_increments(recent_before, event, replay.config.cooc):
+            if inc.occurrences:
+                added[(inc.item_id, inc.ts)] += inc.occurrences * math.exp2(-(at - inc.ts) / half_life)
+        out[event.event_id] = added
     return out
 
 
@@ -595,14 +600,14 @@ async def test_a_worker_killed_mid_stream_resumes_without_losing_or_double_count
     # twice at most for those the first worker applied after its last commit.
     at = max(e.ts for e in events)
     per_event = expected_occurrences(events, at)
-    want: Counter[OccurrenceKey] = Counter()
-    for occurrences in per_event.values():
-        want.update(occurrences)
+    want: Occurrences = defaultdict(float)
+    for added in per_event.values():
+        for key, weight in added.items():
+            want[key] += weight
     await all_committed(fresh, pairs_topic)
     pair_messages = await read_whole_topic(fresh, pairs_topic)
     sent = occurrences_by_key(pair_messages, at)
-    missing = sum((want - sent).values())
-    resent = sum((sent - want).values())
+    missing, resent = shortfall(want, sent), shortfall(sent, want)
     # Events after the last commit whose profile write had reached the changelog: the
     # restarted worker skips them as duplicates, so their pair messages are never re-sent.
     persisted = {
@@ -647,3 +652,177 @@ async def test_a_worker_killed_mid_stream_resumes_without_losing_or_double_count
         cooc_occurrences_applied_after_last_commit=round(after_commit, 1),
         cooc_occurrences_found=round(found_total, 1),
     )
+
+
+# --- 3. state recovery ---------------------------------------------------------------------
+
+RECOVERY_USERS = 10_000
+#: Users who get a follow-up event after each restart (their counts must continue).
+FOLLOW_UP_USERS = 1_000
+
+
+def one_view_each(users: Iterable[str], round_: int, ts: float) -> list[Event]:
+    return [
+        Event(f"{user}-r{round_}", EventType.VIEW, user, f"item-{n % 500}", ts + round_, CATEGORIES[n % len(CATEGORIES)])
+        for n, user in enumerate(users)
+    ]
+
+
+def timed_start(deployment: Deployment, **env: str) -> tuple[WorkerProcess, float]:
+    """A started worker and the seconds from its start to ready (restore included)."""
+    started = time.monotonic()
+    worker = deployment.start_worker(**env)
+    worker.wait_ready(timeout_s=180)
+    return worker, time.monotonic() - started
+
+
+def restore_seconds(worker: WorkerProcess) -> float:
+    """How long the worker's last table restore took, from the timestamps of its log."""
+    lines = worker.log_path.read_text(errors="replace").splitlines()
+    began = [line for line in lines if "Highwater for active changelog partitions" in line]
+    ended = [line for line in lines if "Recovery]: Restore complete!" in line]
+    assert began and ended, "no table restore in the worker's log"
+    return (_log_time(ended[-1]) - _log_time(began[-1])).total_seconds()
+
+
+def _log_time(line: str) -> datetime:
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+
+
+@pytest.mark.slow
+async def test_tables_are_restored_from_their_changelogs_in_memory_and_in_rocksdb(
+    fresh: Deployment,
+) -> None:
+    users = [f"recovering-{n}" for n in range(RECOVERY_USERS)]
+    followed = users[:: RECOVERY_USERS // FOLLOW_UP_USERS]
+    ts = time.time() - 3600
+    builder, empty_start_s = timed_start(fresh)
+    await send(fresh, one_view_each(users, 1, ts))
+    await profiles_in_changelog(fresh, dict.fromkeys(users, 1))
+    await all_committed(fresh, fresh.settings.topics.cooc_pairs)
+    builder.stop()
+    changelog_records = {
+        table: sum((await end_and_committed(fresh, changelog(fresh, table)))[0].values())
+        for table in ("profiles", "cooc")
+    }
+
+    async def restored(worker: WorkerProcess, round_: int) -> None:
+        """The whole table is back, and followed users' counts go on from it."""
+        await wait_for(
+            lambda: worker.metrics().get("nudgestream_profiles") == RECOVERY_USERS,
+            timeout_s=30, what="the profiles gauge to count every restored user",
+        )
+        await send(fresh, one_view_each(followed, round_, ts))
+        found = await profiles_in_changelog(fresh, dict.fromkeys(followed, round_))
+        assert {u: found[u].events for u in followed} == dict.fromkeys(followed, round_)
+
+    in_memory, memory_s = timed_start(fresh, NUDGESTREAM_STORE="memory")
+    await restored(in_memory, 2)
+    in_memory.stop()
+    rocks = {"NUDGESTREAM_STORE": "rocksdb", "NUDGESTREAM_DATA_DIR": str(fresh.state_dir / "rocksdb")}
+    rocksdb_cold, rocksdb_cold_s = timed_start(fresh, **rocks, **FAST_FAILOVER)
+    await restored(rocksdb_cold, 3)
+    rocksdb_cold.kill()  # no clean shutdown: the local RocksDB files must still be usable
+    rocksdb_warm, rocksdb_warm_s = timed_start(fresh, **rocks, **FAST_FAILOVER)
+    await restored(rocksdb_warm, 4)
+    report(
+        "recovery",
+        users=RECOVERY_USERS,
+        changelog_records=changelog_records,
+        ready_s_empty_tables=round(empty_start_s, 1),
+        ready_s_memory=round(memory_s, 1),
+        restore_s_memory=restore_seconds(in_memory),
+        ready_s_rocksdb_empty_dir=round(rocksdb_cold_s, 1),
+        restore_s_rocksdb_empty_dir=restore_seconds(rocksdb_cold),
+        ready_s_rocksdb_after_kill=round(rocksdb_warm_s, 1),
+        restore_s_rocksdb_after_kill=restore_seconds(rocksdb_warm),
+    )
+
+
+# --- 4. rebalance ---------------------------------------------------------------------------
+
+REBALANCE_EVENTS = 6_000
+REBALANCE_USERS = 400
+
+
+@pytest.mark.slow
+async def test_a_worker_leaving_and_rejoining_hands_over_partitions_with_their_state(
+    fresh: Deployment,
+) -> None:
+    events = synthetic_stream(REBALANCE_EVENTS, users=REBALANCE_USERS, seed=21, user_prefix="moving-")
+    parts = [events[: REBALANCE_EVENTS // 3], events[REBALANCE_EVENTS // 3 : 2 * REBALANCE_EVENTS // 3],
+             events[2 * REBALANCE_EVENTS // 3 :]]
+    stays = fresh.start_worker()
+    leaves = fresh.start_worker()
+    stays.wait_ready()
+    leaves.wait_ready()
+
+    async def processed_up_to(count: int) -> None:
+        """Profiles equal the offline run of the first ``count`` events (all users)."""
+        expected = offline(events[:count]).profiles
+        found = await profiles_in_changelog(fresh, {u: p.events for u, p in expected.items()})
+        check = compare_profiles(found, expected)
+        assert not (check.lost or check.doubled or check.weights_differ), check
+
+    await send(fresh, parts[0])
+    await processed_up_to(len(parts[0]))
+    assert consumed(stays.metrics()) > 0 and consumed(leaves.metrics()) > 0, "both own partitions"
+
+    # One worker leaves: the other takes over its partitions and restores their state.
+    before = stays.metrics()
+    left_at = time.monotonic()
+    leaves.stop()
+    await send(fresh, parts[1])
+    await processed_up_to(2 * REBALANCE_EVENTS // 3)
+    handover_s = time.monotonic() - left_at
+    after = stays.metrics()
+    # Every event of the second part, for every user, went through the remaining worker:
+    # the counts above continue from profiles it restored, not from scratch.
+    assert consumed(after) - consumed(before) == len(parts[1])
+
+    # It comes back, takes some partitions again, and state stays consistent.
+    back = restart(fresh, leaves)
+    back.wait_ready()
+    await send(fresh, parts[2])
+    await processed_up_to(REBALANCE_EVENTS)
+    assert consumed(back.metrics()) > 0, "the returning worker owns partitions again"
+    report(
+        "rebalance",
+        events=REBALANCE_EVENTS,
+        users=REBALANCE_USERS,
+        leave_to_second_part_processed_s=round(handover_s, 1),
+        duplicates_skipped_when_leaving=duplicates(after) - duplicates(before),
+        duplicates_skipped_when_returning=duplicates(back.metrics()) + duplicates(stays.metrics()) - duplicates(after),
+    )
+
+
+def duplicates(metrics: dict[str, float]) -> int:
+    return int(metrics["nudgestream_events_duplicate_total"])
+
+
+#: More events of one user than the profile's event-id window (32) holds.
+BURST = 100
+
+
+async def test_a_crash_right_after_a_burst_does_not_count_the_burst_twice(
+    fresh: Deployment,
+) -> None:
+    """A crashed worker's successor replays what it processed since its last commit.
+
+    Here that is a burst of one user's events longer than the profile's event-id window,
+    so the replay must be recognised by more than the last event ids.
+    """
+    ts = time.time() - 600
+    burst = [Event(f"hot-{n}", EventType.VIEW, "hot-user", f"item-{n}", ts + n, "kids.toys") for n in range(BURST)]
+    worker = fresh.start_worker(**FAST_FAILOVER)
+    worker.wait_ready()
+    await send(fresh, burst)
+    await profiles_in_changelog(fresh, {"hot-user": BURST})
+    worker.kill()  # at once: within the commit interval of the burst
+    again = restart(fresh, worker, **FAST_FAILOVER)
+    again.wait_ready()
+    last = Event("hot-last", EventType.VIEW, "hot-user", "item-last", ts + BURST, "kids.toys")
+    await send(fresh, [last])
+    found = await profiles_in_changelog(fresh, {"hot-user": BURST + 1})
+    assert found["hot-user"].events == BURST + 1
+    assert found["hot-user"] == offline([*burst, last]).profiles["hot-user"]
