@@ -109,7 +109,7 @@ def say(message: str) -> None:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    events: int = 100_000
+    events: int = 50_000
     users: int = 5000
     seed: int = 1
     #: Seconds of fresh events offered for the latency figure.
@@ -404,7 +404,15 @@ class BenchWorker(DemoWorker):
         raise BenchError("VmRSS not found in /proc/<pid>/status")
 
     async def scrape(self) -> Snapshot:
-        return await asyncio.to_thread(scrape, self.settings.web_port)
+        """The worker's metrics; a busy worker may answer late, so a slow scrape is retried."""
+        deadline = time.monotonic() + STALL_S
+        while True:
+            try:
+                return await asyncio.to_thread(scrape, self.settings.web_port)
+            except OSError:  # timeouts and refused connections alike
+                if time.monotonic() > deadline or self.process is None or self.process.poll() is not None:
+                    raise BenchError(f"the worker's /metrics did not answer; see {self.log_path}") from None
+                await asyncio.sleep(POLL_S)
 
 
 def handled(snapshot: Snapshot) -> float:

@@ -94,3 +94,17 @@ async def test_valid_events_build_profiles_and_bad_events_reach_the_dlq(
     assert metrics["nudgestream_events_duplicate_total"] == 1
     for reason in malformed:
         assert metrics[f'nudgestream_events_rejected_total{{reason="{reason}"}}'] == 1
+
+
+async def test_a_restarted_worker_recovers_its_profiles_from_the_changelog(
+    deployment: Deployment,
+) -> None:
+    """Runs after the test above in the same deployment: its users' profiles come back."""
+    deployment.stop_all()
+    worker = deployment.start_worker()
+    worker.wait_ready(timeout_s=60)
+    deadline = time.monotonic() + 15  # the gauge is refreshed every 5 s
+    while worker.metrics()["nudgestream_profiles"] != 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert worker.metrics()["nudgestream_profiles"] == 3  # alice, bob, carol
+    assert "Error in recovery" not in worker.log_tail(1_000_000)
