@@ -122,6 +122,7 @@ class Worker:
         self.app.timer(5.0)(self._refresh_gauges)
         self.app.timer(30.0)(self._refresh_segment_gauges)
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
+        self.app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
         self._add_pages()
 
     def _table(self, name: str) -> TableT[bytes, bytes]:
@@ -270,6 +271,12 @@ class Worker:
             await self.segments_model_topic.send(key=SNAPSHOT_KEY, value=snapshot.to_bytes())
             self.segments.apply(snapshot)
             await self.trainer.checkpoint()
+
+    async def _on_partitions_assigned(self, sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        events = set(self.topics.events.values())
+        partitions = sorted({tp.partition for tp in assigned if tp.topic in events})
+        if partitions:
+            await self.decisions.reconcile(partitions)
 
     async def _on_partitions_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         if any(tp.topic == self.topics.segments_train for tp in revoked):

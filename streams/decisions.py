@@ -34,11 +34,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TableT
 
 from models.events import Event
@@ -69,6 +70,9 @@ log = logging.getLogger(__name__)
 
 #: A trigger whose candidate data could not be fetched (Redis down) is retried this much later.
 RETRY_AFTER_S = 30.0
+#: Pushes per partition looked at on assignment (more than a commit interval produces).
+RECONCILE_RECORDS = 5000
+RECONCILE_TIMEOUT_S = 15.0
 
 
 class DecisionEngine:
@@ -94,6 +98,26 @@ class DecisionEngine:
         #: Entries re-sent as due and not yet handled (so a slow agent is not flooded).
         self._fired: set[str] = set()
         self._confirmations: set[asyncio.Future[None]] = set()
+
+    async def reconcile(self, partitions: Sequence[int]) -> int:
+        """On assignment: mark pushes already on the topic as published in the limiter.
+
+        Closes the crash window between the broker's ack and the published mark: events
+        after the last committed offset are replayed, and their decisions found here are
+        not sent again. Only the tail matters (offsets are committed every few seconds).
+        """
+        try:
+            async with asyncio.timeout(RECONCILE_TIMEOUT_S):
+                pushed = await published_decisions(self.settings, partitions, RECONCILE_RECORDS)
+                now = time.time()
+                for start in range(0, len(pushed), 64):
+                    await asyncio.gather(
+                        *(self.limiter.mark_published(u, d, now) for u, d in pushed[start : start + 64])
+                    )
+        except Exception:
+            log.warning("reconciling published pushes failed; duplicates are possible", exc_info=True)
+            return 0
+        return len(pushed)
 
     # --- from the ingest agent ---------------------------------------------------------
 
@@ -215,6 +239,39 @@ class DecisionEngine:
         record = orjson.dumps(decision.to_audit_dict(outcome, reason))
         await self.audit_topic.send(key=decision.user_id.encode(), value=record)
         metrics.DECISIONS.labels(trigger=decision.trigger.value, outcome=outcome.value).inc()
+
+
+async def published_decisions(
+    settings: Settings, partitions: Sequence[int], records: int
+) -> list[tuple[str, str]]:
+    """(user_id, decision_id) of the last ``records`` pushes of each push-topic partition."""
+    consumer = AIOKafkaConsumer(
+        **settings.aiokafka_kwargs(), group_id=None, enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    found: list[tuple[str, str]] = []
+    try:
+        tps = [TopicPartition(settings.topics.push, p) for p in partitions]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, ends[tp] - records))
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            if not batch:
+                break
+            for tp, messages in batch.items():
+                for message in messages:
+                    if message.value:
+                        record = orjson.loads(message.value)
+                        found.append((record["user_id"], record["decision_id"]))
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return found
 
 
 def entry_id(trigger: Trigger) -> str:

@@ -52,7 +52,6 @@ from tests.integration.conftest import (
     Deployment,
     WorkerProcess,
     decode_json,
-    latest_values,
     produce,
     read_topic,
 )
@@ -186,6 +185,30 @@ def changelog(deployment: Deployment, table: str) -> str:
     return f"{deployment.settings.app_id}-{table}-changelog"
 
 
+async def latest_in(
+    deployment: Deployment,
+    topic: str,
+    done: Callable[[dict[bytes, bytes | None]], bool],
+    timeout_s: float = 90.0,
+) -> dict[bytes, bytes | None]:
+    """Follow a changelog with the deployment's own client settings (SASL included),
+    keeping the latest value per key, until ``done`` or the timeout."""
+    consumer = AIOKafkaConsumer(**deployment.settings.aiokafka_kwargs(), enable_auto_commit=False)
+    await consumer.start()
+    latest: dict[bytes, bytes | None] = {}
+    try:
+        tps = [TopicPartition(topic, p) for p in range(deployment.settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        while not done(latest) and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                latest.update((r.key, r.value) for r in records if r.key is not None)
+    finally:
+        await consumer.stop()
+    return latest
+
+
 async def profiles_in_changelog(
     deployment: Deployment, expected_events: dict[str, int], timeout_s: float = 90.0
 ) -> dict[str, Profile]:
@@ -199,12 +222,7 @@ async def profiles_in_changelog(
     def complete(latest: dict[bytes, bytes | None]) -> bool:
         return all(_events(latest.get(user)) >= n for user, n in wanted.items())
 
-    latest = await latest_values(
-        deployment.settings.kafka_bootstrap[0],
-        changelog(deployment, "profiles"),
-        done=complete,
-        timeout_s=timeout_s,
-    )
+    latest = await latest_in(deployment, changelog(deployment, "profiles"), complete, timeout_s)
     return {
         key.decode(): Profile.from_bytes(value)
         for key, value in latest.items()
@@ -541,10 +559,10 @@ async def cooc_rows_in_changelog(
     def occurrences(raw: bytes | None) -> float:
         return Row.from_bytes(raw).at(at, half_life) if raw is not None else 0.0
 
-    latest = await latest_values(
-        deployment.settings.kafka_bootstrap[0],
+    latest = await latest_in(
+        deployment,
         changelog(deployment, "cooc"),
-        done=lambda latest: sum(occurrences(latest.get(k)) for k in wanted) >= at_least,
+        lambda latest: sum(occurrences(latest.get(k)) for k in wanted) >= at_least,
     )
     return {k.decode(): occurrences(latest.get(k)) for k in wanted}
 
