@@ -1,0 +1,97 @@
+"""Effectively-once push decisions: kill -9 a worker mid-stream, restart it, and every
+expected decision is on notifications.push exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+
+from models.events import Event, EventType
+from models.policy import PolicyConfig, TriggerKind, copy_profile, triggers_for
+from models.profile import ProfileConfig, update
+from tests.integration.conftest import Deployment, decode_json, produce, read_topic
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+#: Limits and timing out of the way, so the set of decisions depends only on the events.
+DETERMINISTIC = {
+    "NUDGESTREAM_QUIET_HOURS": "off",
+    "NUDGESTREAM_HOLDOUT_PERCENT": "0",
+    "NUDGESTREAM_TRIGGERS": "browse_interest",
+    "NUDGESTREAM_PUSH_MIN_GAP_S": "0",
+    "NUDGESTREAM_PUSH_ITEM_COOLDOWN_S": "0",
+    "NUDGESTREAM_PUSH_MAX_PER_WINDOW": "1000",
+    "NUDGESTREAM_PUSH_GLOBAL_RATE": "100000",
+    "NUDGESTREAM_PUSH_GLOBAL_BURST": "100000",
+}
+
+
+def stream(users: int, start: float) -> list[Event]:
+    """Each user browses four phones in two sessions: two browse triggers per user."""
+    events = []
+    for u in range(users):
+        for n, item in enumerate(("a", "b", "c", "d")):
+            ts = start + u * 0.01 + n * (3600 if n >= 2 else 1)
+            events.append(Event(f"u{u}-{n}", EventType.VIEW, f"u{u}", f"{item}{u % 7}", min(ts, start + 5), "phones"))
+    return events
+
+
+def expected_decisions(events: list[Event]) -> set[str]:
+    config = PolicyConfig(triggers=frozenset({TriggerKind.BROWSE_INTEREST}))
+    profiles: dict[str, object] = {}
+    ids = set()
+    for event in sorted(events, key=lambda e: e.ts):
+        profile = profiles.get(event.user_id)
+        before = copy_profile(profile)  # type: ignore[arg-type]
+        profile, applied = update(profile, event, event.ts, ProfileConfig())  # type: ignore[arg-type]
+        profiles[event.user_id] = profile
+        if applied:
+            ids |= {t.decision_id for t in triggers_for(before, profile, event, config)}
+    return ids
+
+
+async def test_a_killed_worker_neither_loses_nor_duplicates_decisions(deployment: Deployment) -> None:
+    settings = deployment.settings
+    worker = deployment.start_worker(**DETERMINISTIC)
+    worker.wait_ready()
+    now = time.time() - 60
+    # A catalogue first, so every trigger finds popular items to push.
+    seed = [Event(f"s{n}", EventType.VIEW, f"seed{n}", f"pop{n % 5}", now - 100, "phones") for n in range(50)]
+    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in seed])
+    deadline = time.monotonic() + 30
+    while worker.metrics().get("nudgestream_related_items_writes_total", 0) < 5:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.5)
+
+    events = stream(600, now)
+    expected = expected_decisions(events)
+    assert len(expected) >= 600
+    messages = [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in events]
+    await produce(settings.kafka_bootstrap, messages)
+    # Kill it mid-stream: after some decisions went out, before all did.
+    deadline = time.monotonic() + 60
+    while worker.metrics().get('nudgestream_decisions_total{outcome="pushed",trigger="browse_interest"}', 0) < 150:
+        assert time.monotonic() < deadline, "no decisions before the kill"
+        await asyncio.sleep(0.05)
+    worker.kill()
+    deployment.start_worker(**DETERMINISTIC).wait_ready(timeout_s=90)
+
+    pushes: list[dict[str, object]] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        raw = await read_topic(settings.kafka_bootstrap, settings.topics.push, until=10**6, timeout_s=3)
+        pushes = [decode_json(v) for _, v in raw]
+        if expected <= {str(p["decision_id"]) for p in pushes}:
+            break
+        await asyncio.sleep(2)
+    counts = Counter(str(p["decision_id"]) for p in pushes if not str(p["user_id"]).startswith("seed"))
+    missing = expected - set(counts)
+    duplicated = {d: n for d, n in counts.items() if n > 1}
+    print(f"expected {len(expected)}, found {len(set(counts) & expected)}, "
+          f"missing {len(missing)}, duplicated {len(duplicated)}")
+    assert not missing, f"{len(missing)} decisions lost"
+    assert not duplicated, f"{len(duplicated)} decisions published twice"
+    assert set(counts) == expected
