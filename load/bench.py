@@ -208,6 +208,7 @@ async def _measure(
             say(f"worker ready (pid {worker.pid}, VmRSS {rss_ready / 2**20:,.0f} MiB); draining the backlog ...")
             pipeline = await measure_pipeline(worker, lag, len(backlog))
             rss_drained = worker.rss_bytes()
+            tables = await table_state(settings)
             offered = pipeline.full.eps * config.load_share
             say(f"latency: offering {offered:,.0f} events/s for {config.latency_s:.0f}s ...")
             latency = await measure_latency(settings, worker, config, world, offered)
@@ -228,6 +229,8 @@ async def _measure(
         "offered_eps": round(offered, 1),
         **latency,
         "bytes_per_user": round(memory, 1),
+        "tables": tables,
+        "table_bytes_per_user": round(sum(t["bytes"] for t in tables.values()) / active_users, 1),
         "rss_ready_bytes": rss_ready,
         "rss_drained_bytes": rss_drained,
         "lag_end": sum(lag_end.values()),
@@ -479,8 +482,9 @@ class DecisionWatcher:
 
     @property
     def topics(self) -> list[str]:
+        """Pushed decisions, and the audit of suppressed, deferred and holdout ones."""
         topics = self.settings.topics
-        return [topics.push, topics.suppressed, topics.deferred]
+        return [topics.push, topics.suppressed]
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -597,6 +601,15 @@ def histogram_delta_quantile(
 
     Interpolated linearly inside the bucket, as Prometheus' ``histogram_quantile`` does;
     None when nothing was observed, the last finite bound when the rank is beyond it.
+
+    >>> before = Snapshot({'lag_bucket{le="0.1"}': 5.0, 'lag_bucket{le="0.5"}': 5.0,
+    ...                    'lag_bucket{le="+Inf"}': 5.0}, at=0.0)
+    >>> after = Snapshot({'lag_bucket{le="0.1"}': 7.0, 'lag_bucket{le="0.5"}': 9.0,
+    ...                   'lag_bucket{le="+Inf"}': 9.0}, at=1.0)
+    >>> [round(histogram_delta_quantile(before, after, "lag", q), 3) for q in (0.5, 0.75)]
+    [0.1, 0.3]
+    >>> histogram_delta_quantile(after, after, "lag", 0.5) is None
+    True
     """
     buckets = sorted(
         (_bucket_bound(name), value - before.get(name))
@@ -624,26 +637,28 @@ def _bucket_bound(series: str) -> float:
 # --- lag and clean-up ------------------------------------------------------------------
 
 
-def group_partitions(settings: Settings) -> list[TopicPartition]:
-    """Every partition the worker group consumes and commits."""
-    topics = settings.topics
-    return [
-        *event_partitions(settings),
-        *(TopicPartition(topics.cooc_pairs, p) for p in range(settings.partitions)),
-        TopicPartition(topics.segments_train, 0),
-    ]
+def deployment_partitions(settings: Settings) -> dict[str, list[TopicPartition]]:
+    """The partitions of every topic of the deployment, by topic name."""
+    return {
+        spec.name: [TopicPartition(spec.name, p) for p in range(spec.partitions or settings.partitions)]
+        for spec in settings.topics.specs()
+    }
 
 
 class GroupLag:
     """The worker group's lag: end offsets minus committed offsets, summed per topic.
 
-    Faust commits every few seconds, so a lag read this way reaches 0 up to one commit
-    interval after the work is done: times taken from it are upper bounds.
+    The topics counted are the event topics and every topic of the deployment on which
+    the group has committed an offset (the ones the worker feeds itself), so the bench
+    does not need to know which agent reads what. Faust commits every few seconds, so a
+    lag read this way reaches 0 up to one commit interval after the work is done: times
+    taken from it are upper bounds.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.group = settings.app_id
-        self.partitions = group_partitions(settings)
+        self.topics = deployment_partitions(settings)
+        self.event_topics = set(settings.topics.events.values())
         self._admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
         self._consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), group_id=None)
 
@@ -657,13 +672,13 @@ class GroupLag:
         await self._admin.close()
 
     async def read(self) -> dict[str, int]:
-        committed = await self._admin.list_consumer_group_offsets(
-            self.group, partitions=self.partitions
-        )
-        ends = await self._consumer.end_offsets(self.partitions)
+        committed = await self._admin.list_consumer_group_offsets(self.group)
+        read_by_group = self.event_topics | {tp.topic for tp in committed if tp.topic in self.topics}
+        partitions = [tp for topic in sorted(read_by_group) for tp in self.topics[topic]]
+        ends = await self._consumer.end_offsets(partitions)
         lag: dict[str, int] = {}
-        for tp in self.partitions:
-            done = committed[tp].offset if tp in committed else -1
+        for tp in partitions:
+            done = committed[tp].offset if tp in committed else 0
             lag[tp.topic] = lag.get(tp.topic, 0) + max(0, ends[tp] - max(done, 0))
         return lag
 
@@ -686,6 +701,68 @@ class GroupLag:
             await asyncio.sleep(LAG_POLL_S)
             lag = await self.read()
         return lag
+
+
+async def table_state(settings: Settings) -> dict[str, dict[str, int]]:
+    """Keys and encoded bytes (keys + values) of every table of the worker, from its changelogs.
+
+    This is the state itself, as a RocksDB store holds it; the in-memory store adds the
+    Python objects around it. Every changelog topic of the app (``<app_id>-*-changelog``)
+    is read to its end, keeping the latest value of each key.
+    """
+    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+    await admin.start()
+    try:
+        names = [
+            t for t in await admin.list_topics()
+            if t.startswith(f"{settings.app_id}-") and t.endswith("-changelog")
+        ]
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]
+    ]
+    sizes = await _latest_sizes(settings, partitions)
+    state: dict[str, dict[str, int]] = {}
+    for (topic, _), size in sizes.items():
+        table = topic.removeprefix(f"{settings.app_id}-").removesuffix("-changelog")
+        entry = state.setdefault(table, {"keys": 0, "bytes": 0})
+        entry["keys"] += 1
+        entry["bytes"] += size
+    return state
+
+
+async def _latest_sizes(
+    settings: Settings, partitions: list[TopicPartition]
+) -> dict[tuple[str, bytes], int]:
+    """(topic, key) -> len(key) + len(latest value), tombstoned keys left out."""
+    consumer = AIOKafkaConsumer(
+        **settings.aiokafka_kwargs(), group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    sizes: dict[tuple[str, bytes], int] = {}
+    try:
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        remaining = {tp for tp in partitions if ends[tp] > 0}
+        deadline = time.monotonic() + STALL_S
+        while remaining and time.monotonic() < deadline:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    key = (tp.topic, record.key or b"")
+                    if record.value is None:
+                        sizes.pop(key, None)
+                    else:
+                        sizes[key] = len(key[1]) + len(record.value)
+            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
+        if remaining:
+            raise BenchError(f"could not read the changelogs to their end: {sorted(remaining)}")
+    finally:
+        await consumer.stop()
+    return sizes
 
 
 async def clean_up(settings: Settings) -> None:
@@ -777,6 +854,14 @@ def _triple(figures: Mapping[str, float | None]) -> str:
     return " / ".join("-" if figures[k] is None else f"{figures[k]:,.1f}" for k in QUANTILES)
 
 
+def _split(result: Mapping[str, Any]) -> str:
+    users = result["active_users"]
+    return ", ".join(
+        f"{name} {table['bytes'] / users:,.0f} ({table['keys']:,} keys)"
+        for name, table in sorted(result["tables"].items())
+    )
+
+
 def render_table(result: Mapping[str, Any]) -> str:
     goal = result["goals"]
     machine, ver = result["machine"], result["versions"]
@@ -795,6 +880,7 @@ def render_table(result: Mapping[str, Any]) -> str:
         ("event→processed (histogram)", f"{_triple(result['event_lag_ms'])} ms", "worker's event-lag histogram"),
         ("state per active user", f"{result['bytes_per_user']:,.0f} B",
          f"goal {goal['bytes_per_user']['goal']} B: {_verdict(goal['bytes_per_user']['met'])}"),
+        ("  tables, encoded", f"{result['table_bytes_per_user']:,.0f} B", _split(result)),
         ("consumer lag at the end", f"{result['lag_end']:,}", ""),
     ]
     lines = [
@@ -856,7 +942,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             run_bench(
                 os.environ, events=args.events, users=args.users, seed=args.seed,
                 latency_s=args.latency_seconds, load_share=args.load_share,
-                profile=args.profile, worker_env=dict(args.worker_env), command=invocation(),
+                profile=args.profile, worker_env=dict(args.worker_env), command=invocation(args),
             )
         )
     except (BenchError, ValueError) as exc:
@@ -868,13 +954,23 @@ def run_bench_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def invocation(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """The command as typed, with the NUDGESTREAM_* settings in force (secrets left out)."""
+def invocation(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
+    """The command that repeats this run: every option spelt out, with the NUDGESTREAM_*
+    settings in force (secrets left out)."""
     environ = os.environ if environ is None else environ
     settings = [
         f"{name}={shlex.quote(value)}"
         for name, value in sorted(environ.items())
         if name.startswith("NUDGESTREAM_") and name not in SECRET_VARIABLES
     ]
-    arguments = sys.argv[1:] if argv is None else argv
-    return " ".join([*settings, "nudgestream", shlex.join(arguments)])
+    options = [
+        "--events", str(args.events), "--users", str(args.users), "--seed", str(args.seed),
+        "--latency-seconds", f"{args.latency_seconds:g}", "--load-share", f"{args.load_share:g}",
+    ]
+    if args.profile is not None:
+        options += ["--profile", str(args.profile)]
+    for name, value in args.worker_env:
+        options += ["--worker-env", f"{name}={value}"]
+    if args.json:
+        options.append("--json")
+    return " ".join([*settings, "nudgestream bench", shlex.join(options)])
