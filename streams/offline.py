@@ -13,7 +13,6 @@ import dataclasses
 import io
 import sys
 import time
-from collections.abc import Iterator
 from datetime import time as dt_time
 from pathlib import Path
 from typing import IO, Any
@@ -41,6 +40,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--decisions", type=Path,
         help="pushes to score (JSON lines); default: replay the log now and score its pushes",
     )
+    parser.add_argument("--audit", type=Path, help="with --decisions: the unsent decisions (JSON lines)")
     parser.add_argument("--horizon-h", type=float, default=24.0, help="push precision horizon (h)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_policy_overrides(parser)
@@ -102,9 +102,9 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     progress = Progress()
     next_item = evaluate(open_events(args.events), EvalConfig(), progress)
-    pushes = list(_decisions(args, settings, progress))
+    pushes, unsent = _decisions(args, settings, progress)
     progress.done()
-    push_report = evaluate_pushes(open_events(args.events), pushes, (), args.horizon_h * 3600.0)
+    push_report = evaluate_pushes(open_events(args.events), pushes, unsent, args.horizon_h * 3600.0)
     report: dict[str, Any] = {"next_item": next_item, "push": push_report}
     if args.json:
         print(orjson.dumps(report).decode())
@@ -115,14 +115,19 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _decisions(
     args: argparse.Namespace, settings: Settings, progress: Progress
-) -> Iterator[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pushes, unsent decisions): read from files, or made now by replaying the log."""
     if args.decisions is not None:
-        with args.decisions.open("rb") as lines:
-            yield from (orjson.loads(line) for line in lines if line.strip())
-        return
-    buffer = io.BytesIO()
-    replay_pushes(open_events(args.events), buffer, None, replay_config(args, settings), progress)
-    yield from (orjson.loads(line) for line in buffer.getvalue().splitlines() if line.strip())
+        return _json_lines(args.decisions.read_bytes()), (
+            _json_lines(args.audit.read_bytes()) if args.audit else []
+        )
+    pushes, audit = io.BytesIO(), io.BytesIO()
+    replay_pushes(open_events(args.events), pushes, audit, replay_config(args, settings), progress)
+    return _json_lines(pushes.getvalue()), _json_lines(audit.getvalue())
+
+
+def _json_lines(raw: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
 
 
 def _open(path: Path | None) -> contextlib.AbstractContextManager[IO[bytes] | None]:
