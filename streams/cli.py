@@ -89,7 +89,13 @@ def _parser() -> argparse.ArgumentParser:
                       "reference notification worker: each push decision to a sender, once")
     add_notify_arguments(notify)
 
+    from load.bench import add_bench_arguments
     from load.cli import add_demo_arguments, add_produce_arguments
+
+    bench = _command(commands, "bench", _bench,
+                     "benchmark on the local Kafka + Redis: raw aiokafka passthrough vs one "
+                     "worker, event-to-decision latency at half load, memory per user")
+    add_bench_arguments(bench)
 
     produce = _command(
         commands, "produce", _produce, "produce synthetic or real-log events to the event topics"
@@ -247,6 +253,12 @@ def _produce(args: argparse.Namespace) -> int:
     from load.cli import run_produce
 
     return run_produce(args, load_settings())
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from load.bench import run_bench_command
+
+    return run_bench_command(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
