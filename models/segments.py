@@ -171,6 +171,7 @@ class SegmentSnapshot:
     def to_bytes(self) -> bytes:
         data = asdict(self)
         data["format"] = SNAPSHOT_FORMAT
+        data["schema"] = SNAPSHOT_FORMAT  # the published contract, schemas/segments.v1.json
         data["feature_version"] = FEATURE_VERSION
         return orjson.dumps(data)
 

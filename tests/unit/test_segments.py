@@ -321,3 +321,18 @@ def test_learn_one_rejects_a_vector_of_another_dimension() -> None:
 def test_invalid_configs_are_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         SegmenterConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_published_snapshots_validate_against_the_segments_contract() -> None:
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "segments.v1.json").read_text())
+    trainer = SegmentTrainer(SegmenterConfig(warmup=60), FeatureConfig(category_dims=2))
+    for i in range(120):
+        trainer.learn_one([1.0, 0.0] + [0.1] * 6 if i % 2 else [0.0, 1.0] + [0.9] * 6, {"books": 1.0})
+    snapshot = trainer.snapshot(now=1000.0)
+    assert snapshot is not None
+    jsonschema.Draft202012Validator(schema).validate(json.loads(snapshot.to_bytes()))
