@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 
+import jsonschema
 import pytest
 
 from models.events import Event, EventType
 from models.profile import Profile
+from tests.conftest import PROJECT_ROOT
 from tests.integration.conftest import (
     Deployment,
     decode_json,
@@ -64,7 +67,9 @@ async def test_valid_events_build_profiles_and_bad_events_reach_the_dlq(
     dead = await read_topic(bootstrap, topics.dlq, until=len(malformed))
     records = [decode_json(value) for _, value in dead]
     assert sorted(r["reason"] for r in records) == sorted(malformed)
+    dlq_schema = json.loads((PROJECT_ROOT / "schemas" / "dlq.v1.json").read_text())
     for record in records:
+        jsonschema.Draft202012Validator(dlq_schema).validate(record)
         topic, original = malformed[str(record["reason"])]
         assert record["topic"] == topic
         assert base64.b64decode(str(record["value_b64"])) == original
