@@ -84,6 +84,8 @@ GOAL_BYTES_PER_USER: Final = 1024.0
 #: so none is in the future and none is too old for the co-occurrence window.
 BACKLOG_EVENTS_PER_S: Final = 1000.0
 POLL_S: Final = 0.2
+#: The raw passthrough's output topic (under the run's prefix).
+SINK: Final = "bench.sink"
 REPORT_S: Final = 5.0
 LAG_POLL_S: Final = 0.5
 #: The worker made no progress for this long: something is broken, stop waiting.
@@ -209,6 +211,7 @@ async def _measure(
             pipeline = await measure_pipeline(worker, lag, len(backlog))
             rss_drained = worker.rss_bytes()
             tables = await table_state(settings)
+            written = await messages_per_event(settings, len(backlog))
             offered = pipeline.full.eps * config.load_share
             say(f"latency: offering {offered:,.0f} events/s for {config.latency_s:.0f}s ...")
             latency = await measure_latency(settings, worker, config, world, offered)
@@ -233,6 +236,7 @@ async def _measure(
         "table_bytes_per_user": round(sum(t["bytes"] for t in tables.values()) / active_users, 1),
         "rss_ready_bytes": rss_ready,
         "rss_drained_bytes": rss_drained,
+        "messages_per_event": written,
         "lag_end": sum(lag_end.values()),
         "lag_end_by_topic": lag_end,
         "seconds": {
@@ -315,7 +319,7 @@ class Throughput:
 
 async def raw_passthrough(settings: Settings, expected: int) -> Throughput:
     """Read the backlog and write one small message per event; no processing."""
-    sink = f"{settings.topic_prefix}bench.sink"
+    sink = f"{settings.topic_prefix}{SINK}"
     await _create_topic(settings, sink)
     kwargs = settings.aiokafka_kwargs()
     consumer = AIOKafkaConsumer(
@@ -733,6 +737,37 @@ async def table_state(settings: Settings) -> dict[str, dict[str, int]]:
     return state
 
 
+async def messages_per_event(settings: Settings, events: int) -> dict[str, float]:
+    """Messages the worker wrote to each topic (its own and Faust's), per backlog event."""
+    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if _is_worker_output(settings, t)]
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]
+    ]
+    consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), group_id=None)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    written: dict[str, int] = {}
+    for tp, end in ends.items():
+        name = tp.topic.removeprefix(settings.topic_prefix).removeprefix(f"{settings.app_id}-")
+        written[name] = written.get(name, 0) + end
+    return {name: round(count / events, 3) for name, count in sorted(written.items()) if count}
+
+
+def _is_worker_output(settings: Settings, topic: str) -> bool:
+    inputs = {*settings.topics.events.values(), f"{settings.topic_prefix}{SINK}"}
+    ours = topic.startswith((settings.topic_prefix, f"{settings.app_id}-"))
+    return ours and topic not in inputs
+
+
 async def _latest_sizes(
     settings: Settings, partitions: list[TopicPartition]
 ) -> dict[tuple[str, bytes], int]:
@@ -881,6 +916,8 @@ def render_table(result: Mapping[str, Any]) -> str:
         ("state per active user", f"{result['bytes_per_user']:,.0f} B",
          f"goal {goal['bytes_per_user']['goal']} B: {_verdict(goal['bytes_per_user']['met'])}"),
         ("  tables, encoded", f"{result['table_bytes_per_user']:,.0f} B", _split(result)),
+        ("Kafka messages per event", f"{sum(result['messages_per_event'].values()):.2f}",
+         "written by the worker, all topics"),
         ("consumer lag at the end", f"{result['lag_end']:,}", ""),
     ]
     lines = [
