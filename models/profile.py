@@ -89,6 +89,17 @@ class Profile:
     session_start: float = 0.0
     session_events: int = 0
     tz: str | None = None
+    #: Last applied position per source (e.g. a Kafka topic's offset), set by the caller:
+    #: a replay after a crash is recognised by position, however busy the user was.
+    positions: dict[str, int] = field(default_factory=dict)
+
+    def replayed(self, source: str, position: int, ts: float) -> bool:
+        """Whether an event at ``position`` of ``source`` was already applied.
+
+        The event time must agree (not newer than the profile), so a source whose
+        positions restart (a re-created topic) cannot silence new events.
+        """
+        return position <= self.positions.get(source, -1) and ts <= self.last_ts
 
     def decayed(self, value: float, at: float, half_life_s: float) -> float:
         """``value`` (stored as of ``last_ts``) seen from time ``at``."""
@@ -117,6 +128,7 @@ class Profile:
                 self.events,
                 [self.session_id, self.session_start, self.session_events],
                 self.tz,
+                self.positions,
             ]
         )
 
@@ -145,6 +157,7 @@ class Profile:
             session_start=session_start,
             session_events=session_events,
             tz=data[11],
+            positions=data[12] if len(data) > 12 else {},
         )
 
 

@@ -162,20 +162,26 @@ class Worker:
             # instead of processing it on the wrong partition (or dropping it).
             await self.app.topic(topic).send(key=user_key, value=value)
             return
-        if await self._process(user_key, decoded, now):
+        if await self._process(user_key, decoded, now, f"{topic}/{partition}", offset):
             metrics.CONSUMED_BY_TYPE[decoded.type].inc()
             metrics.EVENT_LAG.observe(max(0.0, time.time() - decoded.ts))
         else:
             metrics.EVENTS_DUPLICATE.inc()
 
-    async def _process(self, user_key: bytes, event: Event, now: float) -> bool:
+    async def _process(
+        self, user_key: bytes, event: Event, now: float, source: str, offset: int
+    ) -> bool:
         """The user-side core steps for one valid event; False for a duplicate."""
         stored = self.profiles.get(user_key)
         profile = Profile.from_bytes(stored) if stored is not None else None
+        if profile is not None and profile.replayed(source, offset, event.ts):
+            return False  # re-delivered after a crash or rebalance: applied already
         # update() changes the profile in place; triggers and pairs need the state before.
         before = copy_profile(profile)
         profile, applied = update(profile, event, now, self.profile_config)
+        profile.positions[source] = offset
         if not applied:
+            self.profiles[user_key] = profile.to_bytes()  # remember the position
             return False
         self.profiles[user_key] = profile.to_bytes()
         await self.decisions.on_event(before, profile, event, now)
@@ -401,7 +407,9 @@ def _faust_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        processing_guarantee="at_least_once",
+        processing_guarantee=settings.processing_guarantee,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 10),
         table_standby_replicas=0,
         web_in_thread=False,
     )

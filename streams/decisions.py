@@ -87,6 +87,7 @@ class DecisionEngine:
         pending: TableT[bytes, bytes],
     ) -> None:
         self.settings = settings
+        self.transactional = settings.processing_guarantee == "exactly_once"
         self.policy = settings.policy
         self.related = related
         self.segments = segments
@@ -231,7 +232,10 @@ class DecisionEngine:
         except Exception:
             log.warning("push %s not acknowledged; it is retried with its event", decision.decision_id)
             return
-        await self.limiter.mark_published(decision.user_id, decision.decision_id, time.time())
+        if not self.transactional:
+            # With Kafka transactions an acknowledged push may still be aborted by a
+            # crash; only reconcile() (reading committed pushes) may mark it published.
+            await self.limiter.mark_published(decision.user_id, decision.decision_id, time.time())
         metrics.DECISIONS.labels(trigger=decision.trigger.value, outcome="pushed").inc()
         metrics.DECISION_LATENCY.observe(max(0.0, time.time() - decision.event_ts))
 

@@ -54,6 +54,12 @@ class RawSettings:
     web_host: str = _env("WEB_HOST", "127.0.0.1", "address of the metrics web server")
     web_port: str = _env("WEB_PORT", "6066", "port of the metrics web server (1-65535)")
     log_level: str = _env("LOG_LEVEL", "info", "debug, info, warning or error")
+    session_timeout_s: str = _env(
+        "SESSION_TIMEOUT_S", "10", "a dead worker's partitions move after this long (s)"
+    )
+    processing_guarantee: str = _env(
+        "PROCESSING_GUARANTEE", "at_least_once", "at_least_once or exactly_once (Kafka transactions)"
+    )
     max_event_bytes: str = _env("MAX_EVENT_BYTES", "4096", "largest accepted event (bytes)")
     max_future_skew_s: str = _env("MAX_FUTURE_SKEW_S", "300", "future event-time tolerance (s)")
     profile_half_life_s: str = _env("PROFILE_HALF_LIFE_S", "21600", "interest half-life (s)")
@@ -96,6 +102,8 @@ class Settings:
     web_host: str
     web_port: int
     log_level: str
+    session_timeout_s: float
+    processing_guarantee: str
     max_event_bytes: int
     max_future_skew_s: float
     profile_half_life_s: float
@@ -136,7 +144,18 @@ class Settings:
         for f in fields(self):
             value = getattr(self, f.name)
             out[f.name] = "***" if f.name in secret and value else str(value)
+        out["redis_url"] = _redact_url(self.redis_url)
         return out
+
+
+def _redact_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{host}"
 
 
 def describe() -> list[tuple[str, str, str]]:
@@ -177,6 +196,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         web_port=_parse("WEB_PORT", raw.web_port, _int_between(1, 65535)),
         log_level=_choice(
             "LOG_LEVEL", raw.log_level.lower(), ("debug", "info", "warning", "error")
+        ),
+        session_timeout_s=_parse("SESSION_TIMEOUT_S", raw.session_timeout_s, _float_between(6, 300)),
+        processing_guarantee=_choice(
+            "PROCESSING_GUARANTEE", raw.processing_guarantee.lower(), ("at_least_once", "exactly_once")
         ),
         max_event_bytes=_parse("MAX_EVENT_BYTES", raw.max_event_bytes, _int_between(256, 1 << 20)),
         max_future_skew_s=_parse("MAX_FUTURE_SKEW_S", raw.max_future_skew_s, _positive_float),
@@ -300,6 +323,16 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
         value = int(text)
         if not low <= value <= high:
             raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _float_between(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}")
         return value
 
     return parse

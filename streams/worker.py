@@ -21,5 +21,9 @@ def run_worker(settings: Settings) -> int:
         # Faust's spinner and colour codes garble logs collected by containers.
         quiet=True,
     )
+    # Client libraries log message contents and SASL exchanges at DEBUG: never below INFO,
+    # whatever the worker's level, so no secret or raw user id reaches the logs.
+    for name in ("aiokafka", "faust", "mode", "kafka"):
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
     faust_worker.execute_from_commandline()  # returns only through SystemExit
     return 0

@@ -130,3 +130,14 @@ def test_replaying_the_same_events_changes_nothing(events: list[Event]) -> None:
         profile, applied = update(profile, event, T0 + 10 * 86400, CONFIG)
         assert not applied
     assert profile.to_bytes() == snapshot
+
+
+def test_a_replay_is_recognised_by_its_source_position_and_time() -> None:
+    profile = apply(ev(1, ts=T0), ev(2, ts=T0 + 10))
+    profile.positions["events.view/0"] = 41
+    assert profile.replayed("events.view/0", 41, T0 + 10)
+    assert profile.replayed("events.view/0", 7, T0)
+    assert not profile.replayed("events.view/0", 42, T0 + 10), "a later position is new"
+    assert not profile.replayed("events.click/0", 3, T0), "another source has its own positions"
+    assert not profile.replayed("events.view/0", 5, T0 + 60), "a newer event after a topic re-creation"
+    assert Profile.from_bytes(profile.to_bytes()).positions == {"events.view/0": 41}

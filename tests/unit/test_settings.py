@@ -55,3 +55,8 @@ def test_the_worker_command_fails_fast_on_bad_configuration(monkeypatch: pytest.
     monkeypatch.setenv("NUDGESTREAM_PARTITIONS", "many")
     assert main(["worker"]) == 2
     assert "NUDGESTREAM_PARTITIONS" in capsys.readouterr().err
+
+
+def test_the_redis_password_is_redacted_too() -> None:
+    settings = load({"NUDGESTREAM_REDIS_URL": "redis://app:s3cret@redis:6379/0"})
+    assert settings.redacted()["redis_url"] == "redis://app:***@redis:6379/0"
