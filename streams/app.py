@@ -180,18 +180,19 @@ class Worker:
         before = copy_profile(profile)
         profile, applied = update(profile, event, now, self.profile_config)
         profile.positions[source] = offset
-        if not applied:
-            self.profiles[user_key] = profile.to_bytes()  # remember the position
-            return False
+        if applied:
+            await self.decisions.on_event(before, profile, event, now)
+            increments = pair_increments(before.recent if before else [], event, self.cooc_config)
+            grouped = group_by_partition(increments, self.settings.partitions, event.category)
+            for partition, message in grouped.items():
+                await self.cooc_topic.send(partition=partition, value=message)
+            if should_sample(profile.events):
+                await self._sample_for_segments(profile, now)
+        # The profile, which marks the event applied, is queued last: after every side
+        # effect was recorded (limiter) or queued (sends), which keeps the window in which
+        # a crash can make a replay skip a side effect small (exactly_once closes it).
         self.profiles[user_key] = profile.to_bytes()
-        await self.decisions.on_event(before, profile, event, now)
-        increments = pair_increments(before.recent if before else [], event, self.cooc_config)
-        grouped = group_by_partition(increments, self.settings.partitions, event.category)
-        for partition, message in grouped.items():
-            await self.cooc_topic.send(partition=partition, value=message)
-        if should_sample(profile.events):
-            await self._sample_for_segments(profile, now)
-        return True
+        return applied
 
     async def _cooccurrence(self, stream: faust.StreamT[bytes]) -> None:
         """Row owner: every message holds increments for items of its own partition."""
