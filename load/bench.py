@@ -5,29 +5,36 @@ own (topic prefix, application id, consumer group, Redis key prefix ``bench-<hex
 all of which it deletes at the end:
 
 1. **Backlog.** ``events`` synthetic events (:mod:`load.generator`: ``users`` users, no
-   malformed messages, event times ending just before now) are produced to the three
-   event topics.
+   malformed messages, event times ending about a minute before now) are produced to
+   the three event topics.
 2. **Raw passthrough** (``raw_passthrough_eps``). One plain aiokafka consumer reads those
    messages (same topics, partitions and bytes) and one plain aiokafka producer writes a
    one-byte message per event to a sink topic with ``acks=all``, as the worker does. No
    decoding, no state: the ceiling of one Python process on this broker and machine,
    timed from the first message consumed to the last one acknowledged.
 3. **Pipeline** (``pipeline_eps``). One worker process (``python -m streams.cli worker``)
-   is started on the backlog. Its ``/metrics`` are polled; events handled are consumed +
-   rejected + duplicates. The rate is timed from the first poll that sees progress to the
-   first that sees every event, so start-up is excluded.
-4. **Memory** (``bytes_per_user``). VmRSS of the worker once it has drained the backlog
-   (and the internal topics it feeds itself), minus VmRSS when it turned ready, divided by
-   the users that occur in the backlog. It is an upper bound of the per-user state: item
-   rows, the segment model and allocator slack are in the difference too.
+   is started on the backlog. Its ``/metrics`` are polled (events handled = consumed +
+   rejected + duplicates) from the first poll that sees progress, so start-up is
+   excluded. The worker feeds itself (co-occurrence increments, segment samples, delayed
+   triggers), so the clock stops when its consumer group has no lag left on any topic;
+   ``ingest_eps`` is the rate until ``/metrics`` counted every event.
+4. **Memory** (``bytes_per_user``). VmRSS of the worker once it has drained the backlog,
+   minus VmRSS when it turned ready, divided by the users that occur in the backlog: an
+   upper bound of the per-user state, as item rows, the segment model, buffers and
+   allocator slack are in the difference too. ``tables`` gives the state itself: keys and
+   encoded bytes of every table, read back from the changelogs.
 5. **Latency** (``latency_ms``). Fresh events, stamped with the wall clock as they are
    sent, are offered at ``load_share`` (50 %) of ``pipeline_eps`` for ``latency_s``
-   seconds. Every decision published for them (pushed, suppressed or deferred) is read
-   back and timed as its arrival minus its ``event_ts``. The worker's own
+   seconds. Every decision made for them (pushed, or audited as suppressed, deferred or
+   holdout) is read back and timed as its arrival minus its ``event_ts``. The worker's own
    ``nudgestream_event_lag_seconds`` histogram (event time to end of processing) over the
    same span gives ``event_lag_ms``.
 6. **Lag** (``lag_end``). End offsets minus the worker group's committed offsets, over
    every topic the group reads, once the worker has handled all it was sent.
+
+Diagnostics beside the figures: the worker's CPU use in both phases (``worker_cpu``,
+1.0 = one core) and the messages it wrote to Kafka per backlog event, by topic
+(``messages_per_event``).
 
 >>> percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5)
 3.0
@@ -208,7 +215,9 @@ async def _measure(
             worker.wait_ready()
             rss_ready = worker.rss_bytes()
             say(f"worker ready (pid {worker.pid}, VmRSS {rss_ready / 2**20:,.0f} MiB); draining the backlog ...")
+            cpu, wall = worker.cpu_seconds(), time.monotonic()
             pipeline = await measure_pipeline(worker, lag, len(backlog))
+            pipeline_cpu = (worker.cpu_seconds() - cpu) / (time.monotonic() - wall)
             rss_drained = worker.rss_bytes()
             tables = await table_state(settings)
             written = await messages_per_event(settings, len(backlog))
@@ -230,6 +239,8 @@ async def _measure(
         "ingest_eps": round(pipeline.ingest.eps, 1),
         "ratio": round(ratio, 3),
         "offered_eps": round(offered, 1),
+        # CPU seconds per second of the worker process (1.0 = one core fully busy).
+        "worker_cpu": {"pipeline": round(pipeline_cpu, 2), "latency": latency.pop("worker_cpu")},
         **latency,
         "bytes_per_user": round(memory, 1),
         "tables": tables,
@@ -410,6 +421,12 @@ class BenchWorker(DemoWorker):
                 return int(line.split()[1]) * 1024
         raise BenchError("VmRSS not found in /proc/<pid>/status")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far, from /proc (Linux)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        # Fields 14 and 15 of stat(5), counted after the command name.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def scrape(self) -> Snapshot:
         """The worker's metrics; a busy worker may answer late, so a slow scrape is retried."""
         deadline = time.monotonic() + STALL_S
@@ -535,16 +552,19 @@ async def measure_latency(
     live = dataclasses.replace(
         _generator_config(config, start_ts=started), seed=config.seed + 1
     )
+    cpu, wall = worker.cpu_seconds(), time.monotonic()
     summary = await produce(
         stamped_now(with_prefix(generate_events(live, world), settings.topic_prefix)),
         bootstrap=settings.kafka_bootstrap, rate=offered_eps, duration=config.latency_s,
         producer_options=_producer_options(settings),
     )
+    cpu_share = (worker.cpu_seconds() - cpu) / (time.monotonic() - wall)
     after = await _wait_handled(worker, handled(before) + summary.sent)
     await asyncio.sleep(DECISION_GRACE_S)
     watcher.stop()
     await watching
-    return latency_figures(watcher.latencies_s, before, after, summary.sent, settings)
+    figures = latency_figures(watcher.latencies_s, before, after, summary.sent, settings)
+    return {**figures, "worker_cpu": round(cpu_share, 2)}
 
 
 async def _first_of(wait: Awaitable[Any], task: asyncio.Task[None]) -> None:
@@ -907,7 +927,9 @@ def render_table(result: Mapping[str, Any]) -> str:
         ("  ingest agent alone", f"{result['ingest_eps']:,.0f} events/s", "until /metrics counts every event"),
         ("  ratio", f"{result['ratio']:.3f}",
          f"goal {goal['throughput_ratio']['goal']}: {_verdict(goal['throughput_ratio']['met'])}"),
-        ("offered load", f"{result['offered_eps']:,.0f} events/s", f"{result['latency_events']:,} events"),
+        ("  worker CPU", f"{result['worker_cpu']['pipeline']:.0%} of a core", ""),
+        ("offered load", f"{result['offered_eps']:,.0f} events/s",
+         f"{result['latency_events']:,} events; worker CPU {result['worker_cpu']['latency']:.0%} of a core"),
         ("event→decision p50/p95/p99", f"{_triple(result['latency_ms'])} ms",
          f"{result['decisions']:,} decisions; goal p99 {goal['p99_decision_ms']['goal']} ms: "
          f"{_verdict(goal['p99_decision_ms']['met'])}"),
