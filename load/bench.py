@@ -99,6 +99,8 @@ LAG_POLL_S: Final = 0.5
 STALL_S: Final = 60.0
 #: Faust commits offsets every few seconds; lag is read after waiting up to this long.
 SETTLE_S: Final = 20.0
+#: A lag of transaction markers only (see _only_markers_left) that stays this long is final.
+QUIET_S: Final = 10.0
 #: Decisions still on their way when the offered stream stops are waited for this long.
 DECISION_GRACE_S: Final = 2.0
 EVENT_LAG_METRIC: Final = "nudgestream_event_lag_seconds"
@@ -508,9 +510,11 @@ class DecisionWatcher:
         return [topics.push, topics.suppressed]
 
     async def run(self) -> None:
+        # read_committed, as the notification workers read: under exactly_once a decision
+        # reaches them only when its transaction commits.
         consumer = AIOKafkaConsumer(
             **self.settings.aiokafka_kwargs(), group_id=None, enable_auto_commit=False,
-            auto_offset_reset="latest",
+            auto_offset_reset="latest", isolation_level="read_committed",
         )
         await consumer.start()
         try:
@@ -695,36 +699,58 @@ class GroupLag:
         await self._consumer.stop()
         await self._admin.close()
 
-    async def read(self) -> dict[str, int]:
+    async def partition_lags(self) -> dict[TopicPartition, int]:
         committed = await self._admin.list_consumer_group_offsets(self.group)
         read_by_group = self.event_topics | {tp.topic for tp in committed if tp.topic in self.topics}
         partitions = [tp for topic in sorted(read_by_group) for tp in self.topics[topic]]
         ends = await self._consumer.end_offsets(partitions)
+        return {
+            tp: max(0, ends[tp] - max(committed[tp].offset if tp in committed else 0, 0))
+            for tp in partitions
+        }
+
+    async def read(self) -> dict[str, int]:
         lag: dict[str, int] = {}
-        for tp in partitions:
-            done = committed[tp].offset if tp in committed else 0
-            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, ends[tp] - max(done, 0))
+        for tp, behind in (await self.partition_lags()).items():
+            lag[tp.topic] = lag.get(tp.topic, 0) + behind
         return lag
 
     async def wait_drained(self) -> float:
-        """The monotonic time at which the lag was first seen at 0."""
+        """The monotonic time at which the group had nothing left to process."""
         lowest, lowest_at = math.inf, time.monotonic()
-        while (total := sum((lag := await self.read()).values())) > 0:
+        while True:
+            lags = await self.partition_lags()
+            total, now = sum(lags.values()), time.monotonic()
             if total < lowest:
-                lowest, lowest_at = total, time.monotonic()
-            elif time.monotonic() - lowest_at > STALL_S:
-                raise BenchError(f"the worker group's lag stayed at {lag} for {STALL_S:.0f}s")
+                lowest, lowest_at = total, now
+            if total == 0:
+                return now
+            if _only_markers_left(lags) and now - lowest_at >= QUIET_S:
+                return lowest_at
+            if now - lowest_at > STALL_S:
+                raise BenchError(f"the worker group's lag stayed at {await self.read()} for {STALL_S:.0f}s")
             await asyncio.sleep(LAG_POLL_S)
-        return time.monotonic()
 
     async def settled(self) -> dict[str, int]:
-        """The lag once it is 0, or as it is after SETTLE_S."""
+        """The lag once it is 0 (or only markers stay), or as it is after SETTLE_S."""
         deadline = time.monotonic() + SETTLE_S
-        lag = await self.read()
-        while sum(lag.values()) and time.monotonic() < deadline:
+        quiet_since, previous = time.monotonic(), None
+        while time.monotonic() < deadline:
+            lags = await self.partition_lags()
+            if lags != previous:
+                quiet_since, previous = time.monotonic(), lags
+            if not any(lags.values()) or (
+                _only_markers_left(lags) and time.monotonic() - quiet_since >= QUIET_S
+            ):
+                break
             await asyncio.sleep(LAG_POLL_S)
-            lag = await self.read()
-        return lag
+        return await self.read()
+
+
+def _only_markers_left(lags: Mapping[TopicPartition, int]) -> bool:
+    """With exactly_once, the commit marker closing a transaction takes an offset after the
+    last message, which no consumer commits past: a lag of 1 that stays is no work left."""
+    return max(lags.values(), default=0) <= 1
 
 
 async def table_state(settings: Settings) -> dict[str, dict[str, int]]:
