@@ -231,6 +231,7 @@ async def _measure(
         worker.stop()
     memory = (rss_drained - rss_ready) / active_users
     ratio = pipeline.full.eps / raw.eps
+    latency_cpu = latency.pop("worker_cpu")
     return {
         "events": len(backlog),
         "users": config.users,
@@ -242,7 +243,7 @@ async def _measure(
         "ratio": round(ratio, 3),
         "offered_eps": round(offered, 1),
         # CPU seconds per second of the worker process (1.0 = one core fully busy).
-        "worker_cpu": {"pipeline": round(pipeline_cpu, 2), "latency": latency.pop("worker_cpu")},
+        "worker_cpu": {"pipeline": round(pipeline_cpu, 2), "latency": latency_cpu},
         **latency,
         "bytes_per_user": round(memory, 1),
         "tables": tables,
@@ -1004,8 +1005,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--profile", type=Path, default=None, metavar="FILE",
-        help="run the worker under pyinstrument and write its profile to FILE "
-        "(.txt, .html, ...); the figures then include the profiler's overhead",
+        help="run the worker under pyinstrument (which must be installed) and write its "
+        "profile to FILE (.txt, .html, .pyisession); the figures then include its overhead",
     )
     parser.add_argument(
         "--worker-env", action="append", default=[], metavar="NAME=VALUE", type=_assignment,
