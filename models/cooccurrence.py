@@ -54,11 +54,14 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
+from models.encoding import compact
 from models.events import Event, EventType
 from models.popularity import Bound, DecayedCounter
 from models.profile import DEFAULT_EVENT_WEIGHTS, RecentItem
 
 ENCODING_VERSION: Final = 1
+#: Rows carry the source positions they have applied (see :meth:`Row.applied`).
+ROW_ENCODING_VERSION: Final = 2
 
 
 class Scoring(StrEnum):
@@ -201,17 +204,35 @@ class Row(DecayedValue):
     The row *is* the item's occurrence count (``value`` as of ``ts``, see
     :class:`DecayedValue`) plus ``neighbours``: at most ``max_neighbours`` decayed pair
     weights (see :class:`~models.popularity.DecayedCounter` for the pruning guarantee).
+
+    ``positions`` maps a source (a partition of the user-side stream) to the last
+    position whose increments the row holds. It is stored *in* the row, so a row and the
+    mark that makes a re-delivered increment harmless are written together, atomically:
+
+    >>> cfg = CoocConfig()
+    >>> row, inc = Row(), Increment("case", 10.0, 1.0, ())
+    >>> for _ in range(2):  # the second delivery is a replay
+    ...     if not row.applied("v0", 41):
+    ...         row.apply(inc, cfg)
+    ...         row.mark("v0", 41)
+    >>> row.value
+    1.0
     """
 
-    __slots__ = ("neighbours",)
+    __slots__ = ("neighbours", "positions")
 
     def __init__(
-        self, value: float = 0.0, ts: float = -math.inf, neighbours: DecayedCounter | None = None
+        self,
+        value: float = 0.0,
+        ts: float = -math.inf,
+        neighbours: DecayedCounter | None = None,
+        positions: dict[str, int] | None = None,
     ) -> None:
         # No super().__init__(): a replay creates a row for almost every item it meets.
         self.value = value
         self.ts = ts
         self.neighbours = neighbours if neighbours is not None else DecayedCounter()
+        self.positions = positions if positions is not None else {}
 
     def apply(self, increment: Increment, config: CoocConfig) -> None:
         """Fold one increment in (late increments count with their decayed weight)."""
@@ -225,16 +246,28 @@ class Row(DecayedValue):
             for other, weight in neighbours:
                 counter.add_boosted(other, weight * boost, bound)
 
+    def applied(self, source: str, position: int) -> bool:
+        """Whether the increments of ``source`` at ``position`` are already in the row."""
+        return position <= self.positions.get(source, -1)
+
+    def mark(self, source: str, position: int) -> None:
+        """Record that the row holds the increments of ``source`` up to ``position``."""
+        self.positions[source] = position
+
     def to_bytes(self) -> bytes:
         """Positional orjson form, about ``M * (len(item_id) + 25)`` bytes."""
         ts = self.ts if math.isfinite(self.ts) else None
-        return orjson.dumps([ENCODING_VERSION, self.value, ts, *self.neighbours.to_list()])
+        return compact(
+            [ROW_ENCODING_VERSION, self.value, ts, self.positions, *self.neighbours.to_list()]
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Row:
         data: list[Any] = orjson.loads(raw)
-        _check_version(data[0], "row")
         ts = -math.inf if data[2] is None else data[2]
+        if data[0] == ROW_ENCODING_VERSION:
+            return cls(data[1], ts, DecayedCounter.from_list(data[4:]), data[3])
+        _check_version(data[0], "row")  # version 1: written before rows had positions
         return cls(data[1], ts, DecayedCounter.from_list(data[3:]))
 
 

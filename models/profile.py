@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import orjson
 
+from models.encoding import compact
 from models.events import Event, EventType
 
 #: Interest weight added per event type: intent grows along the funnel.
@@ -114,7 +115,7 @@ class Profile:
 
     def to_bytes(self) -> bytes:
         """Compact wire/table form; positional to keep state small."""
-        return orjson.dumps(
+        return compact(
             [
                 1,
                 self.user_id,

@@ -15,29 +15,31 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web as aiohttp_web
-from faust.types import TableT
+from faust.types import EventT, Message, TableT
 
-from models.cooccurrence import CoocConfig, DecayedValue, Row, pair_increments
+from models.cooccurrence import CoocConfig, DecayedValue, pair_increments
 from models.events import Event, Rejection, decode_event
 from models.features import FeatureConfig, should_sample
 from models.policy import copy_profile
 from models.profile import Profile, ProfileConfig, update
 from streams import metrics
+from streams.batches import acting_for, batches
 from streams.codecs import dlq_record
 from streams.cooccurrence import (
     FLUSH_INTERVAL_S,
     CoocRows,
+    PairBatch,
     RelatedItemsStore,
-    decode_decayed,
-    decode_increments,
-    encode_decayed,
-    group_by_partition,
+    decode_row,
+    source_id,
     total_key,
 )
 from streams.decisions import DecisionEngine
@@ -136,25 +138,45 @@ class Worker:
     # --- agents --------------------------------------------------------------------
 
     async def _ingest(self, stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            message = event.message
-            await self.handle_event_message(
-                message.topic, message.partition, message.offset, message.key, message.value
-            )
+        async for events in batches(stream):
+            await self.handle_events(events)
 
-    async def handle_event_message(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-    ) -> None:
-        now = time.time()
+    async def handle_events(self, events: Sequence[EventT[bytes]]) -> None:
+        """One batch of the event topics: validate, update profiles, act, then persist.
+
+        Order matters for a crash. Every side effect of the batch (pair increments,
+        segment samples, decisions, dead letters) is sent and **acknowledged** before the
+        profiles that mark its events applied are written, and Faust writes those before
+        it commits the offsets. A crash before the profiles land replays the events and
+        re-makes their side effects, which are idempotent (rows keep source positions,
+        decisions have deterministic ids); a crash after it skips them, and nothing was
+        lost. A user's events in one batch cost one profile write.
+        """
+        batch = _Batch(time.time(), PairBatch(self.settings.partitions))
+        for event in events:
+            await self._handle(batch, event)
+        for partition, message in batch.pairs.messages().items():
+            await self.cooc_topic.send(partition=partition, value=message)
+        for record in batch.samples:
+            await self.segments_train_topic.send(value=record)
+        await self.decisions.flush(batch.now)
+        await self.app.producer.flush()
+        for user_key, (profile, event) in batch.profiles.items():
+            with acting_for(event):
+                self.profiles[user_key] = profile.to_bytes()
+
+    async def _handle(self, batch: _Batch, event: EventT[bytes]) -> None:
+        message = event.message
+        topic, key, value = message.topic, message.key, message.value
         decoded = decode_event(
             value or b"",
-            now=now,
+            now=batch.now,
             expected_type=self._topic_types.get(topic),
             max_bytes=self.settings.max_event_bytes,
             max_future_skew_s=self.settings.max_future_skew_s,
         )
         if isinstance(decoded, Rejection):
-            await self._dead_letter(decoded, key, value, topic, partition, offset, now)
+            await self._dead_letter(decoded, message, batch.now)
             return
         user_key = decoded.user_id.encode()
         if key != user_key:
@@ -162,56 +184,44 @@ class Worker:
             # instead of processing it on the wrong partition (or dropping it).
             await self.app.topic(topic).send(key=user_key, value=value)
             return
-        if await self._process(user_key, decoded, now, f"{topic}/{partition}", offset):
+        if self._process(batch, user_key, decoded, event):
             metrics.CONSUMED_BY_TYPE[decoded.type].inc()
             metrics.EVENT_LAG.observe(max(0.0, time.time() - decoded.ts))
         else:
             metrics.EVENTS_DUPLICATE.inc()
 
-    async def _process(
-        self, user_key: bytes, event: Event, now: float, source: str, offset: int
+    def _process(
+        self, batch: _Batch, user_key: bytes, event: Event, source: EventT[bytes]
     ) -> bool:
         """The user-side core steps for one valid event; False for a duplicate."""
-        stored = self.profiles.get(user_key)
-        profile = Profile.from_bytes(stored) if stored is not None else None
-        if profile is not None and profile.replayed(source, offset, event.ts):
+        profile = batch.profile(user_key, self.profiles)
+        position = source.message.offset
+        source_name = source_id(event.type, source.message.partition)
+        if profile is not None and profile.replayed(source_name, position, event.ts):
             return False  # re-delivered after a crash or rebalance: applied already
         # update() changes the profile in place; triggers and pairs need the state before.
         before = copy_profile(profile)
-        profile, applied = update(profile, event, now, self.profile_config)
-        profile.positions[source] = offset
+        profile, applied = update(profile, event, batch.now, self.profile_config)
+        profile.positions[source_name] = position
+        batch.profiles[user_key] = (profile, source)
         if applied:
-            await self.decisions.on_event(before, profile, event, now)
+            self.decisions.on_event(before, profile, event, batch.now)
             increments = pair_increments(before.recent if before else [], event, self.cooc_config)
-            grouped = group_by_partition(increments, self.settings.partitions, event.category)
-            for partition, message in grouped.items():
-                await self.cooc_topic.send(partition=partition, value=message)
+            batch.pairs.add(source_name, position, increments, event.category)
             if should_sample(profile.events):
-                await self._sample_for_segments(profile, now)
-        # The profile, which marks the event applied, is queued last: after every side
-        # effect was recorded (limiter) or queued (sends), which keeps the window in which
-        # a crash can make a replay skip a side effect small (exactly_once closes it).
-        self.profiles[user_key] = profile.to_bytes()
+                batch.samples.append(self._training_record(profile, batch.now))
         return applied
 
     async def _cooccurrence(self, stream: faust.StreamT[bytes]) -> None:
         """Row owner: every message holds increments for items of its own partition."""
-        async for event in stream.events():
-            partition = event.message.partition
-            occurrences = 0.0
-            latest = 0.0
-            category, increments = decode_increments(event.value)
-            for increment in increments:
-                key = increment.item_id.encode()
-                if category and increment.occurrences:
-                    self.cooc_rows.categories[increment.item_id] = category
-                self.cooc_table[key] = self.cooc_rows.apply(self.cooc_table.get(key), increment)
-                occurrences += increment.occurrences
-                latest = max(latest, increment.ts)
-            if occurrences:
-                total = decode_decayed(self.cooc_table.get(total_key(partition)))
-                total.add(occurrences, latest, self.cooc_config.half_life_s)
-                self.cooc_table[total_key(partition)] = encode_decayed(total)
+        async for events in batches(stream):
+            by_partition = {event.message.partition: event for event in events}
+            writes = self.cooc_rows.apply_batch(
+                ((e.message.partition, e.value) for e in events), self.cooc_table.get
+            )
+            for key, (partition, row) in writes.items():
+                with acting_for(by_partition[partition]):
+                    self.cooc_table[key] = row
 
     async def _deferred(self, stream: faust.StreamT[bytes]) -> None:
         """Per-user commands, co-partitioned with the events: delayed triggers, erasure."""
@@ -237,11 +247,12 @@ class Worker:
         for item in items:
             raw = self.cooc_table.get(item.encode())
             if raw is not None:
-                rows[item] = Row.from_bytes(raw)
+                rows[item] = decode_row(raw)
         totals: dict[int, DecayedValue] = {}
         for tp in self.app.consumer.assignment():
             if tp.topic == self.topics.cooc_pairs:
-                totals[tp.partition] = decode_decayed(self.cooc_table.get(total_key(tp.partition)))
+                raw_total = self.cooc_table.get(total_key(tp.partition))
+                totals[tp.partition] = decode_row(raw_total) if raw_total else DecayedValue()
         categories = self.cooc_rows.take_categories()
         try:
             written = await self.related.publish(rows, totals, time.time(), categories)
@@ -254,10 +265,10 @@ class Worker:
             return
         metrics.RELATED_WRITES.inc(written)
 
-    async def _sample_for_segments(self, profile: Profile, now: float) -> None:
+    def _training_record(self, profile: Profile, now: float) -> bytes:
         snapshot = self.segments.current
         features = snapshot.features if snapshot is not None else FeatureConfig()
-        await self.segments_train_topic.send(value=training_record(profile, now, features))
+        return training_record(profile, now, features)
 
     async def _train_segments(self, stream: faust.StreamT[bytes]) -> None:
         """The single trainer (segments.train has one partition) learns every sample."""
@@ -291,26 +302,17 @@ class Worker:
             # checkpoint rather than from this worker's stale model.
             self.trainer.stop()
 
-    async def _dead_letter(
-        self,
-        rejection: Rejection,
-        key: bytes | None,
-        value: bytes | None,
-        topic: str,
-        partition: int,
-        offset: int,
-        now: float,
-    ) -> None:
+    async def _dead_letter(self, rejection: Rejection, message: Message, now: float) -> None:
         record = dlq_record(
             rejection,
-            value=value,
-            key=key,
-            topic=topic,
-            partition=partition,
-            offset=offset,
+            value=message.value,
+            key=message.key,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
             rejected_at=now,
         )
-        await self.dlq_topic.send(key=key, value=record)
+        await self.dlq_topic.send(key=message.key, value=record)
         metrics.REJECTED_BY_REASON[rejection.reason].inc()
 
     # --- housekeeping --------------------------------------------------------------
@@ -324,9 +326,11 @@ class Worker:
         lag: dict[str, int] = dict.fromkeys(self.topics.events.values(), 0)
         for tp in consumer.assignment():
             committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
-            if committed is None:
+            highwater = consumer.highwater(tp)
+            # Both are unknown for a moment after an assignment (a rebalance).
+            if committed is None or highwater is None:
                 continue
-            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, consumer.highwater(tp) - committed)
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, highwater - committed)
         for topic, value in lag.items():
             metrics.CONSUMER_LAG.labels(topic=topic).set(value)
 
@@ -430,3 +434,21 @@ def _credentials(settings: Settings) -> Any:
         mechanism=settings.kafka_sasl_mechanism,
         ssl_context=kwargs.get("ssl_context"),
     )
+
+
+@dataclass
+class _Batch:
+    """What one batch of the ingest agent accumulates before it is sent and persisted."""
+
+    now: float
+    pairs: PairBatch
+    samples: list[bytes] = field(default_factory=list)
+    #: The batch's latest profile of each user, with the event that last changed it.
+    profiles: dict[bytes, tuple[Profile, EventT[bytes]]] = field(default_factory=dict)
+
+    def profile(self, user_key: bytes, table: TableT[bytes, bytes]) -> Profile | None:
+        """The user's profile as this batch left it, else as stored."""
+        if user_key in self.profiles:
+            return self.profiles[user_key][0]
+        stored = table.get(user_key)
+        return Profile.from_bytes(stored) if stored is not None else None

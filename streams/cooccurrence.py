@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
@@ -47,6 +49,8 @@ from models.cooccurrence import (
     Row,
     score_row,
 )
+from models.events import EventType
+from models.policy import CandidateData, Needs
 from streams import metrics
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,13 @@ RELATED_TTL_S = 7 * 86400
 POPULAR_KEPT = 5000
 POPULAR_KEPT_PER_CATEGORY = 500
 TOTAL_KEY_PREFIX = b"\x00total:"
+#: Popular lists kept in process (the overall one and one per category read).
+POPULAR_CACHE_LISTS = 4096
+
+#: A ranked list: (item_id, score), best first.
+Ranked = list[tuple[str, float]]
+#: Version 2 messages carry each event's source and position (version 1 did not).
+PAIRS_ENCODING_VERSION = 2
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -65,36 +76,84 @@ def partition_of(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def group_by_partition(
-    increments: Iterable[Increment], partitions: int, category: str | None = None
-) -> dict[int, bytes]:
-    """One message value per partition: ``[category, [increment, ...]]``.
+class PairEntry(NamedTuple):
+    """The increments one event sends to one item partition, with where the event was."""
 
-    ``category`` is the category of the event's own item (the increment that carries
-    occurrences); the row owner uses it for per-category popularity.
+    #: The user-side stream partition of the event (:func:`source_id`); ``None`` for
+    #: entries of the version-1 format, which carried no position (never deduplicated).
+    source: str | None
+    position: int
+    #: The category of the event's own item, when its occurrence increment is here.
+    category: str | None
+    increments: list[Increment]
+
+
+class PairBatch:
+    """The pair increments of one batch of events, one message per item partition.
+
+    Increments go to the partition of their item (the standard murmur2 partitioner), so
+    a batch costs one message per partition touched rather than one per event or item.
+    Each event's increments keep its source and position: the row owner applies them
+    at most once per row (:meth:`models.cooccurrence.Row.applied`), which makes a replay
+    of the batch harmless.
     """
-    grouped: dict[int, list[bytes]] = {}
-    categories: dict[int, str | None] = {}
-    for increment in increments:
-        partition = partition_of(increment.item_id.encode(), partitions)
-        grouped.setdefault(partition, []).append(increment.to_bytes())
-        if increment.occurrences:
-            categories[partition] = category
-    return {
-        p: b"[" + orjson.dumps(categories.get(p)) + b",[" + b",".join(parts) + b"]]"
-        for p, parts in grouped.items()
-    }
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._entries: dict[int, list[bytes]] = {}
+
+    def add(
+        self, source: str, position: int, increments: Iterable[Increment], category: str | None
+    ) -> None:
+        grouped: dict[int, list[bytes]] = {}
+        own: int | None = None
+        for increment in increments:
+            partition = partition_of(increment.item_id.encode(), self.partitions)
+            grouped.setdefault(partition, []).append(increment.to_bytes())
+            if increment.occurrences:
+                own = partition
+        for partition, parts in grouped.items():
+            head = orjson.dumps([source, position, category if partition == own else None])
+            entry = head[:-1] + b",[" + b",".join(parts) + b"]]"
+            self._entries.setdefault(partition, []).append(entry)
+
+    def messages(self) -> dict[int, bytes]:
+        """Message values by item partition: ``[2, [[source, position, category, [increment, ...]], ...]]``."""
+        return {
+            p: b"[" + str(PAIRS_ENCODING_VERSION).encode() + b",[" + b",".join(entries) + b"]]"
+            for p, entries in self._entries.items()
+        }
 
 
-def decode_increments(raw: bytes) -> tuple[str | None, list[Increment]]:
-    """Inverse of :func:`group_by_partition` (one parse for the whole message)."""
-    category, encoded = orjson.loads(raw)
+def decode_pairs(raw: bytes) -> list[PairEntry]:
+    """Inverse of :meth:`PairBatch.messages` (one parse for the whole message).
+
+    Also reads the version-1 form ``[category, [increment, ...]]`` that workers wrote
+    before rows were deduplicated, so a rolling upgrade loses nothing on the topic.
+    """
+    data = orjson.loads(raw)
+    if data[0] == PAIRS_ENCODING_VERSION:
+        return [PairEntry(s, p, c, _increments(incs)) for s, p, c, incs in data[1]]
+    if data[0] is None or isinstance(data[0], str):
+        return [PairEntry(None, -1, data[0], _increments(data[1]))]
+    raise ValueError(f"unsupported pairs encoding {data[0]!r}")
+
+
+def _increments(encoded: Iterable[Any]) -> list[Increment]:
     out = []
     for version, item_id, ts, occurrences, neighbours in encoded:
         if version != ENCODING_VERSION:
             raise ValueError(f"unsupported increment encoding {version!r}")
         out.append(Increment(item_id, ts, occurrences, tuple((k, w) for k, w in neighbours)))
-    return category, out
+    return out
+
+
+def source_id(event_type: EventType, partition: int) -> str:
+    """A short, stable name of an event-topic partition: ``v3`` is ``events.view`` partition 3.
+
+    Stored in every profile and row that a source touched, so it is kept short.
+    """
+    return f"{event_type.value[0]}{partition}"
 
 
 def encode_decayed(value: DecayedValue) -> bytes:
@@ -109,13 +168,64 @@ def decode_decayed(raw: bytes | str | None) -> DecayedValue:
     return DecayedValue(float(value), float(ts))
 
 
+@dataclass(frozen=True, slots=True)
+class _CachedList:
+    ranked: Ranked
+    #: How many items were asked for: a shorter list is the whole set.
+    asked: int
+    expires_at: float
+
+
+class PopularCache:
+    """Popular lists (by Redis key) read in the last ``ttl_s`` seconds, at most ``max_lists``.
+
+    The lists change only when related items are published (every ``FLUSH_INTERVAL_S``),
+    yet every decision read and parsed them again: a tenth of a worker's CPU. The oldest
+    list is dropped first, so a long tail of categories cannot grow the cache.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float = FLUSH_INTERVAL_S,
+        max_lists: int = POPULAR_CACHE_LISTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_lists = max_lists
+        self.clock = clock
+        #: Insertion order is age order: put() moves a refreshed list to the end.
+        self._lists: dict[str, _CachedList] = {}
+
+    def get(self, key: str, n: int) -> Ranked | None:
+        """The cached list holding the top ``n`` (maybe more), or None if expired or too short."""
+        cached = self._lists.get(key)
+        if cached is None or cached.expires_at <= self.clock():
+            return None
+        if cached.asked < n and len(cached.ranked) == cached.asked:
+            return None  # the set may hold more than was read
+        return cached.ranked
+
+    def put(self, key: str, ranked: Ranked, asked: int) -> None:
+        self._lists.pop(key, None)
+        self._lists[key] = _CachedList(ranked, asked, self.clock() + self.ttl_s)
+        while len(self._lists) > self.max_lists:
+            del self._lists[next(iter(self._lists))]
+
+
 class RelatedItemsStore:
     """The Redis side of the co-occurrence table: shared counts, served top-K lists."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, config: CoocConfig) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        config: CoocConfig,
+        popular_cache: PopularCache | None = None,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.config = config
+        self.popular_cache = popular_cache or PopularCache()
         self.counts_key = f"{prefix}:cooc:counts"
         self.totals_key = f"{prefix}:cooc:totals"
         self.popular_key = f"{prefix}:popular"
@@ -174,44 +284,52 @@ class RelatedItemsStore:
             await pipe.execute()
         return len(rows)
 
-    async def fetch(
-        self,
-        related_items: Sequence[str],
-        categories: Sequence[str],
-        items_needing_category: Sequence[str],
-        n_popular: int,
-    ) -> tuple[
-        dict[str, list[tuple[str, float]]],
-        list[tuple[str, float]],
-        dict[str, list[tuple[str, float]]],
-        dict[str, str],
-    ]:
-        """Everything a decision reads, in one pipelined round trip."""
+    async def fetch_many(self, wanted: Sequence[Needs]) -> list[CandidateData]:
+        """The candidate data of several decisions, in one pipelined round trip.
+
+        Related lists are read once for the union of the items; popular lists only when
+        :attr:`popular_cache` lacks them, each as long as the longest the batch needs.
+        """
+        if not wanted:
+            return []
+        items = list(dict.fromkeys(item for need in wanted for item in need.related_items))
+        lengths = self._popular_lengths(wanted)
+        lists = {
+            key: ranked
+            for key, n in lengths.items()
+            if (ranked := self.popular_cache.get(key, n)) is not None
+        }
+        missing = [key for key in lengths if key not in lists]
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.mget([self.related_key(i) for i in related_items]) if related_items else pipe.echo("")
-            pipe.zrevrange(self.popular_key, 0, n_popular - 1, withscores=True)
-            for category in categories:
-                pipe.zrevrange(self.popular_in_key(category), 0, n_popular - 1, withscores=True)
-            if items_needing_category:
-                pipe.hmget(self.category_key, list(items_needing_category))
-            else:
-                pipe.echo("")
-            replies = await pipe.execute()
-        raw_related, raw_popular, *raw_by_category, raw_categories = replies
-        related = {
-            item: _related_list(raw) for item, raw in zip(related_items, raw_related or [], strict=False)
-        }
-        by_category = {
-            c: [(_text(m), float(s)) for m, s in ranked]
-            for c, ranked in zip(categories, raw_by_category, strict=True)
-        }
-        item_category = {
-            item: _text(c)
-            for item, c in zip(items_needing_category, raw_categories or [], strict=False)
-            if c
-        }
-        popular = [(_text(m), float(s)) for m, s in raw_popular]
-        return related, popular, by_category, item_category
+            pipe.mget([self.related_key(i) for i in items])
+            for key in missing:
+                pipe.zrevrange(key, 0, lengths[key] - 1, withscores=True)
+            raw_related, *raw_popular = await pipe.execute()
+        related = {item: _related_list(raw) for item, raw in zip(items, raw_related, strict=True)}
+        for key, reply in zip(missing, raw_popular, strict=True):
+            lists[key] = _ranked(reply)
+            self.popular_cache.put(key, lists[key], lengths[key])
+        return [self._candidates(need, related, lists) for need in wanted]
+
+    def _popular_lengths(self, wanted: Sequence[Needs]) -> dict[str, int]:
+        """The keys of the popular lists a batch reads, with the longest length needed."""
+        lengths: dict[str, int] = {}
+        for need in wanted:
+            for key in (self.popular_key, *map(self.popular_in_key, need.categories)):
+                lengths[key] = max(lengths.get(key, 0), need.n_popular)
+        return lengths
+
+    def _candidates(
+        self, need: Needs, related: Mapping[str, Ranked], lists: Mapping[str, Ranked]
+    ) -> CandidateData:
+        """One decision's part of a batch's data, popular lists cut to its own length
+        (:func:`models.policy.decide` reads every item it is given)."""
+        n = need.n_popular
+        return CandidateData(
+            related={item: related[item] for item in need.related_items},
+            popular=lists[self.popular_key][:n],
+            popular_by_category={c: lists[self.popular_in_key(c)][:n] for c in need.categories},
+        )
 
     async def related(self, item_ids: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
         """Related items of several items in one round trip (missing: empty list)."""
@@ -222,11 +340,16 @@ class RelatedItemsStore:
 
     async def popular(self, n: int) -> list[tuple[str, float]]:
         ranked: list[Any] = await self.redis.zrevrange(self.popular_key, 0, n - 1, withscores=True)
-        return [(_text(member), float(score)) for member, score in ranked]
+        return _ranked(ranked)
 
 
-def _related_list(raw: bytes | str | None) -> list[tuple[str, float]]:
+def _related_list(raw: bytes | str | None) -> Ranked:
     return [(str(other), float(score)) for other, score in orjson.loads(raw)] if raw else []
+
+
+def _ranked(reply: Iterable[tuple[Any, Any]]) -> Ranked:
+    """A ``ZREVRANGE ... WITHSCORES`` reply as (member, score) pairs."""
+    return [(_text(member), float(score)) for member, score in reply]
 
 
 def _text(value: object) -> str:
@@ -243,7 +366,7 @@ def popularity_score(count: float, ts: float, half_life_s: float) -> float:
 
 
 class CoocRows:
-    """The row-owner's per-event work, kept apart from Faust for clarity and tests."""
+    """The row owner's work on a batch of pair messages, kept apart from Faust for tests."""
 
     def __init__(self, config: CoocConfig) -> None:
         self.config = config
@@ -251,12 +374,56 @@ class CoocRows:
         #: Categories seen since the last flush (written to Redis there).
         self.categories: dict[str, str] = {}
 
-    def apply(self, raw_row: bytes | None, increment: Increment) -> bytes:
-        row = Row.from_bytes(raw_row) if raw_row else Row()
-        row.apply(increment, self.config)
-        self.dirty.add(increment.item_id)
-        metrics.COOC_PAIRS.inc(len(increment.neighbours))
-        return row.to_bytes()
+    def apply_batch(
+        self, messages: Iterable[tuple[int, bytes]], load: Callable[[bytes], bytes | None]
+    ) -> dict[bytes, tuple[int, bytes]]:
+        """Fold ``(partition, message value)`` pairs into their rows and partition totals.
+
+        ``load`` reads a stored row. Returns what to store: key -> (partition, encoded
+        row), each changed row once, however many increments it received.
+        """
+        changed: dict[bytes, tuple[int, Row]] = {}
+
+        def row_for(key: bytes, partition: int) -> Row:
+            if key not in changed:
+                raw = load(key)
+                changed[key] = (partition, decode_row(raw) if raw else Row())
+            return changed[key][1]
+
+        for partition, raw in messages:
+            for entry in decode_pairs(raw):
+                self._apply_entry(entry, partition, row_for)
+        return {key: (partition, row.to_bytes()) for key, (partition, row) in changed.items()}
+
+    def _apply_entry(
+        self, entry: PairEntry, partition: int, row_for: Callable[[bytes, int], Row]
+    ) -> None:
+        # Rows, the partition total among them, are stored separately, so a crash can
+        # keep some of a batch's writes and lose others: each row decides for itself.
+        source, position = entry.source, entry.position
+        touched: list[Row] = []
+        occurrences, latest = 0.0, -math.inf
+        for increment in entry.increments:
+            if increment.occurrences:
+                occurrences += increment.occurrences
+                latest = max(latest, increment.ts)
+                if entry.category:
+                    self.categories[increment.item_id] = entry.category
+            row = row_for(increment.item_id.encode(), partition)
+            if source is not None and row.applied(source, position):
+                continue  # re-delivered: this row holds it already
+            row.apply(increment, self.config)
+            touched.append(row)
+            self.dirty.add(increment.item_id)
+            metrics.COOC_PAIRS.inc(len(increment.neighbours))
+        if occurrences:
+            total = row_for(total_key(partition), partition)
+            if source is None or not total.applied(source, position):
+                total.add(occurrences, latest, self.config.half_life_s)
+                touched.append(total)
+        if source is not None:
+            for row in touched:
+                row.mark(source, position)
 
     def take_categories(self) -> dict[str, str]:
         taken, self.categories = self.categories, {}
@@ -267,6 +434,14 @@ class CoocRows:
         while self.dirty and len(batch) < MAX_ROWS_PER_FLUSH:
             batch.append(self.dirty.pop())
         return batch
+
+
+def decode_row(raw: bytes) -> Row:
+    """A stored row, or a partition total (stored as ``"<value>,<ts>"`` before version 2)."""
+    if raw[:1] == b"[":
+        return Row.from_bytes(raw)
+    total = decode_decayed(raw)
+    return Row(total.value, total.ts)
 
 
 def total_key(partition: int) -> bytes:

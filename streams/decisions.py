@@ -3,17 +3,21 @@
 Runs inside the user-partitioned worker, after the profile update:
 
 1. :func:`models.policy.triggers_for` turns the event into triggers. An immediate one
-   is decided at once; a delayed one ("no buy within N minutes", or a decision deferred
-   by quiet hours) goes to ``notifications.deferred`` (keyed by user, co-partitioned with
-   the events) and from there into the changelog-backed ``pending`` table, so a crash
-   loses no timer. A timer on each worker re-sends due entries of its partitions as
-   ``due`` messages, which the ``deferred`` agent decides *in stream context* (tables
-   may only change there), after :func:`models.policy.still_valid`.
-2. The data the policy needs (related items of recent items, popular items overall and
-   per category, item categories) is fetched from Redis in **one pipelined round trip**.
+   is queued with a copy of the profile and decided when the ingest agent ends its batch
+   (:meth:`DecisionEngine.flush`); a delayed one ("no buy within N minutes", or a
+   decision deferred by quiet hours) goes to ``notifications.deferred`` (keyed by user,
+   co-partitioned with the events) and from there into the changelog-backed ``pending``
+   table, so a crash loses no timer. A timer on each worker re-sends due entries of its
+   partitions as ``due`` messages, which the ``deferred`` agent decides one by one *in
+   stream context* (tables may only change there), after :func:`models.policy.still_valid`.
+2. The data the policy needs for all the triggers of a batch (related items of recent
+   items, popular items overall and per category) is fetched from Redis in **one
+   pipelined round trip**; popular lists, which change only when related items are
+   published, are kept in process for that long (:class:`streams.cooccurrence.PopularCache`).
 3. :func:`models.policy.decide` picks the items.
-4. The Redis limiter checks and records the push atomically; it fails closed. A push
-   deferred by quiet hours is decided again when they end (spread over
+4. The Redis limiter checks and records each push atomically, all of a batch in one
+   call (:meth:`streams.limiter.RedisLimiter.check_many`, in event order); it fails
+   closed. A push deferred by quiet hours is decided again when they end (spread over
    ``release_spread_s`` so a night's pushes do not all leave at 08:00:00).
 5. An allowed decision is published to ``notifications.push``; once the broker has
    acknowledged it (awaited beside the stream, not in it) the limiter marks it published — unless the user is in the control
@@ -47,11 +51,10 @@ from models.limits import LimitResult, Verdict
 from models.policy import (
     HOLDOUT,
     QUIET_HOURS,
-    CandidateData,
     Decision,
-    Needs,
     Outcome,
     Trigger,
+    copy_profile,
     decide,
     in_holdout,
     needs,
@@ -60,6 +63,7 @@ from models.policy import (
     triggers_for,
 )
 from models.profile import Profile
+from models.segments import Segment
 from streams import metrics
 from streams.cooccurrence import RelatedItemsStore
 from streams.limiter import RedisLimiter
@@ -74,9 +78,18 @@ RETRY_AFTER_S = 30.0
 RECONCILE_RECORDS = 5000
 RECONCILE_TIMEOUT_S = 15.0
 
+#: A trigger to decide now, with the profile to decide it on.
+Due = tuple[Trigger, Profile]
+
 
 class DecisionEngine:
-    """The decision path of one worker; the agents call :meth:`on_event` and :meth:`on_deferred`."""
+    """The decision path of one worker.
+
+    The ingest agent calls :meth:`on_event` per event and :meth:`flush` per batch; the
+    ``deferred`` agent calls :meth:`on_deferred` per message, which decides at once
+    (through the same path) rather than joining the ingest batch: a decision's sends
+    belong to the stream that caused it.
+    """
 
     def __init__(
         self,
@@ -98,6 +111,9 @@ class DecisionEngine:
         self.deferred_topic = app.topic(settings.topics.deferred)
         #: Entries re-sent as due and not yet handled (so a slow agent is not flooded).
         self._fired: set[str] = set()
+        #: What :meth:`on_event` queued for the next :meth:`flush`.
+        self._due: list[Due] = []
+        self._waiting: list[Trigger] = []
         self._confirmations: set[asyncio.Future[None]] = set()
 
     async def reconcile(self, partitions: Sequence[int]) -> int:
@@ -122,12 +138,22 @@ class DecisionEngine:
 
     # --- from the ingest agent ---------------------------------------------------------
 
-    async def on_event(self, before: Profile | None, profile: Profile, event: Event, now: float) -> None:
+    def on_event(self, before: Profile | None, profile: Profile, event: Event, now: float) -> None:
+        """Queue the event's triggers for :meth:`flush`."""
         for trigger in triggers_for(before, profile, event, self.policy):
             if trigger.due_at <= now:
-                await self.run(trigger, profile, now)
+                # Later events of the batch update ``profile`` in place.
+                self._due.append((trigger, _frozen(profile)))
             else:
-                await self._wait(trigger)
+                self._waiting.append(trigger)
+
+    async def flush(self, now: float) -> None:
+        """Hold the queued delayed triggers and decide the immediate ones."""
+        due, self._due = self._due, []
+        waiting, self._waiting = self._waiting, []
+        for trigger in waiting:
+            await self._wait(trigger)
+        await self._run(due, now)
 
     # --- delays ----------------------------------------------------------------------
 
@@ -155,7 +181,7 @@ class DecisionEngine:
         if not still_valid(trigger, profile, now, self.policy) or profile is None:
             metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="cancelled").inc()
             return
-        await self.run(trigger, profile, now)
+        await self._run([(trigger, profile)], now)
 
     async def fire_due(self) -> None:
         """Timer: re-send due entries of this worker's partitions as ``due`` messages."""
@@ -169,33 +195,44 @@ class DecisionEngine:
 
     # --- deciding --------------------------------------------------------------------
 
-    async def run(self, trigger: Trigger, profile: Profile, now: float) -> None:
-        decision = await self._decide(trigger, profile, now)
-        if decision is not None:
-            result = await self.limiter.check(decision.limit_request(profile.tz))
+    async def _run(self, due: Sequence[Due], now: float) -> None:
+        """Decide, limit and act on triggers: one candidate fetch, one limiter call."""
+        decided = await self._decide(due, now)
+        requests = [decision.limit_request(profile.tz) for (_, profile), decision in decided]
+        results = await self.limiter.check_many(requests)
+        for ((trigger, _), decision), result in zip(decided, results, strict=True):
             await self._act(trigger, decision, result)
 
-    async def _decide(self, trigger: Trigger, profile: Profile, now: float) -> Decision | None:
+    async def _decide(self, due: Sequence[Due], now: float) -> list[tuple[Due, Decision]]:
+        """The triggers that led to a decision, with it, in the order of ``due``."""
+        segments = [self._segment(profile, now) for _, profile in due]
+        wanted = [
+            needs(trigger, profile, self.policy, info)
+            for (trigger, profile), (_, info) in zip(due, segments, strict=True)
+        ]
+        try:
+            data = await self.related.fetch_many(wanted)
+        except Exception:
+            metrics.REDIS_ERRORS.labels(operation="candidates").inc()
+            log.warning("candidate data unavailable; retrying the triggers later", exc_info=True)
+            for trigger, _ in due:
+                await self._wait(trigger.deferred_to(now + RETRY_AFTER_S))
+            return []
+        decided = []
+        for (trigger, profile), (segment, info), candidates in zip(due, segments, data, strict=True):
+            decision = decide(trigger, profile, candidates, segment, info, now, self.policy)
+            if decision is None:
+                metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="no_candidates").inc()
+            else:
+                decided.append(((trigger, profile), decision))
+        return decided
+
+    def _segment(self, profile: Profile, now: float) -> tuple[int | None, Segment | None]:
+        """The user's segment and its description in the current snapshot."""
         snapshot = self.segments.current
         segment = self.segments.assign(profile, now)
         info = next((s for s in snapshot.segments if s.id == segment), None) if snapshot else None
-        try:
-            data = await self.fetch(needs(trigger, profile, self.policy, info))
-        except Exception:
-            metrics.REDIS_ERRORS.labels(operation="candidates").inc()
-            log.warning("candidate data unavailable; retrying the trigger later", exc_info=True)
-            await self._wait(trigger.deferred_to(now + RETRY_AFTER_S))
-            return None
-        decision = decide(trigger, profile, data, segment, info, now, self.policy)
-        if decision is None:
-            metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="no_candidates").inc()
-        return decision
-
-    async def fetch(self, wanted: Needs) -> CandidateData:
-        related, popular, by_category, _ = await self.related.fetch(
-            wanted.related_items, wanted.categories, (), wanted.n_popular
-        )
-        return CandidateData(related=related, popular=popular, popular_by_category=by_category)
+        return segment, info
 
     async def _act(self, trigger: Trigger, decision: Decision, result: LimitResult) -> None:
         if result.verdict is Verdict.ALLOWED:
@@ -276,6 +313,13 @@ async def published_decisions(
     finally:
         await consumer.stop()
     return found
+
+
+def _frozen(profile: Profile) -> Profile:
+    """A copy of ``profile`` that later updates leave alone."""
+    copied = copy_profile(profile)
+    assert copied is not None  # only None is copied to None
+    return copied
 
 
 def entry_id(trigger: Trigger) -> str:

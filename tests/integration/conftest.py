@@ -10,7 +10,9 @@ the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 import orjson
 import pytest
@@ -32,16 +35,20 @@ from tests.conftest import PROJECT_ROOT, in_ci
 pytestmark = pytest.mark.integration
 
 
+def _unavailable(message: str) -> NoReturn:
+    """Services that cannot start: a failure when ``CI=true``, a skip with the reason elsewhere."""
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def local_services() -> services.LocalServices:
     local = services.LocalServices.from_env()
     try:
         services.up(local, say=lambda message: None)
     except services.ServiceError as exc:
-        message = f"cannot start the local Kafka broker and Redis server: {exc}"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        _unavailable(f"cannot start the local Kafka broker and Redis server: {exc}")
     return local
 
 
@@ -50,6 +57,115 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: every socket stays bound until all are chosen."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+#: Start-up errors that mean "a port was taken before the service bound it": worth new ports.
+_PORT_TAKEN = ("already used by another program", "Address already in use", "BindException")
+
+
+@contextlib.contextmanager
+def throwaway_services(
+    shared: services.LocalServices,
+    tmp_path_factory: pytest.TempPathFactory,
+    label: str,
+    *,
+    attempts: int = 3,
+    **options: Any,
+) -> Iterator[services.LocalServices]:
+    """A Kafka broker and a Redis server of their own, on free ports, for one test module.
+
+    For tests that stop, restart or reconfigure (SASL, passwords) the services they run
+    on: doing that to the shared pair (``local_services``, also used by the other modules
+    and by other people's runs on this machine) would disturb everyone else's tests. These
+    run the shared pair's cached jars (``shared.cache_dir``) on ports and in a state folder
+    (``<basetemp>/<label>N``) of their own; ``options`` are further
+    :class:`~streams.services.LocalServices` fields (``kafka_sasl_users``, ``redis_password``).
+
+    A port that someone takes between being chosen here and being bound by the service is
+    retried on new ports (up to ``attempts`` starts). A pair that still cannot start fails
+    the test when ``CI=true`` and skips it elsewhere, like ``local_services``. On the way
+    out, whether the tests passed, failed or never ran, both processes are stopped and
+    waited for and the state folder is removed (kept only if a process would not stop).
+    """
+    own: services.LocalServices | None = None
+    try:
+        for attempt in range(1, attempts + 1):
+            kafka_port, controller_port, redis_port = free_ports(3)
+            own = services.LocalServices(
+                state_dir=tmp_path_factory.mktemp(label),
+                kafka_port=kafka_port,
+                controller_port=controller_port,
+                redis_port=redis_port,
+                cache_dir=shared.cache_dir,
+                kafka_heap="512m",
+                **options,
+            )
+            try:
+                services.up(own, say=lambda message: None)
+                break
+            except services.ServiceError as exc:
+                detail = f"{exc}{_log_tails(own)}"
+                _stop_for_good(own)  # `up` may have started one of the two before failing
+                if attempt == attempts or not any(s in detail for s in _PORT_TAKEN):
+                    _unavailable(f"cannot start the {label} Kafka broker and Redis server: {detail}")
+        assert own is not None
+        yield own
+    finally:
+        if own is not None:
+            _stop_for_good(own)
+
+
+def _stop_for_good(own: services.LocalServices, timeout_s: float = 30.0) -> None:
+    """Stop both services by PID, wait until they are gone, then remove the state folder."""
+    pids = {}
+    for name in ("kafka", "redis"):
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            pids[name] = int(own.pid_file(name).read_text().strip())
+    for name in pids:
+        # ProcessLookupError: it exited just as it was being killed, which is what we want.
+        with contextlib.suppress(ProcessLookupError):
+            services.stop_service(own, name)
+    deadline = time.monotonic() + timeout_s
+    left = {name: pid for name, pid in pids.items() if _still_running(pid)}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = {name: pid for name, pid in left.items() if _still_running(pid)}
+    if left:
+        raise AssertionError(f"throwaway services would not stop: {left} (state in {own.state_dir})")
+    shutil.rmtree(own.state_dir, ignore_errors=True)
+
+
+def _still_running(pid: int) -> bool:
+    """Whether ``pid`` runs (a child of ours that exited is reaped, so it no longer counts)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _log_tails(own: services.LocalServices, chars: int = 2000) -> str:
+    """The end of each service's log, for a start-up error (the folder is removed after)."""
+    tails = []
+    for name in ("kafka", "redis"):
+        log = own.log_file(name)
+        if log.exists():
+            tails.append(f"\n--- {log.name} ---\n{log.read_text(errors='replace')[-chars:]}")
+    return "".join(tails)
 
 
 @dataclass

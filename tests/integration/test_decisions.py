@@ -7,15 +7,28 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
+import faust
 import jsonschema
+import orjson
 import pytest
+import redis.asyncio as aioredis
+from redis.asyncio import Connection, ConnectionPool
 from referencing import Registry, Resource
 
+from models.cooccurrence import CoocConfig
 from models.events import Event, EventType
-from streams import services
+from models.limits import LimitRequest, LimitResult
+from models.policy import copy_profile
+from models.profile import Profile, ProfileConfig, update
+from streams import services, settings
+from streams.cooccurrence import PopularCache, RelatedItemsStore
+from streams.decisions import DecisionEngine
+from streams.segmentation import SnapshotFollower
 from tests.conftest import PROJECT_ROOT
 from tests.integration.conftest import Deployment, WorkerProcess, decode_json, produce, read_topic
 
@@ -140,6 +153,115 @@ async def test_a_buy_cancels_the_reminder_and_limits_are_audited(
     assert any(r["user_id"] == "carol" and r["reason"] == "min_gap" for r in audit), audit
     metrics = worker.metrics()
     assert metrics['nudgestream_suppressed_total{reason="min_gap"}'] >= 1
+
+
+class CountingConnection(Connection):
+    """Records the command names of each write to Redis: one list per round trip."""
+
+    writes: ClassVar[list[list[str]]] = []
+    _packed: list[str] | None = None
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if self._packed is None:
+            self._packed = []
+        self._packed.append(str(args[0]).upper())
+        return super().pack_command(*args)
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        packed, self._packed = self._packed or [], None
+        CountingConnection.writes.append(packed)
+        await super().send_packed_command(command, check_health)
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_triggers_of_a_batch_share_one_candidate_read_and_one_limiter_call(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = settings.load({**deployment.env, "NUDGESTREAM_QUIET_HOURS": "off", "NUDGESTREAM_HOLDOUT_PERCENT": "0"})
+    prefix = f"batch-{uuid.uuid4().hex[:8]}"
+    pool = ConnectionPool.from_url(config.redis_url, connection_class=CountingConnection)
+    client = aioredis.Redis(connection_pool=pool)
+    clock = Clock()
+    store = RelatedItemsStore(client, prefix, CoocConfig(), PopularCache(clock=clock))
+    # p4 is the best related item of p1 and of p2.
+    related = {"p1": [["p4", 5.0], ["p3", 1.0]], "p2": [["p4", 5.0], ["p6", 1.0]], "p6": [["p5", 1.0]]}
+    for item, ranked in related.items():
+        await client.set(store.related_key(item), orjson.dumps(ranked))
+    for key in (store.popular_key, store.popular_in_key("phones")):
+        await client.zadd(key, {"p3": 3.0, "p5": 2.0, "p6": 1.0})
+    app = faust.App(f"{prefix}-app", broker=config.broker_urls, autodiscover=False, web_enabled=False)
+    engine = DecisionEngine(app, config, store, SnapshotFollower(config), app.Table("pending"))
+    checks: list[list[str]] = []
+    check_many = engine.limiter.check_many
+
+    async def counted(requests: Sequence[LimitRequest]) -> list[LimitResult]:
+        checks.append([r.user_id for r in requests])
+        return await check_many(requests)
+
+    monkeypatch.setattr(engine.limiter, "check_many", counted)
+    profiles: dict[str, Profile | None] = {}
+
+    async def batch(events: list[Event]) -> list[list[str]]:
+        """What the ingest agent does with a batch; the Redis writes of its candidate read."""
+        now = time.time()
+        for event in events:
+            before = copy_profile(profiles.get(event.user_id))
+            profile, _ = update(profiles.get(event.user_id), event, now, ProfileConfig())
+            profiles[event.user_id] = profile
+            engine.on_event(before, profile, event, now)
+        await client.ping()  # the connection is open: only the candidate read is counted
+        CountingConnection.writes.clear()
+        await engine.flush(now)
+        return list(CountingConnection.writes)
+
+    users = [f"{prefix}-{name}" for name in ("ann", "ben", "cid", "dot", "eve")]
+    ann, ben, cid, dot, eve = users
+    start = time.time() - 10
+    viewed = {user: browsing(user, ["p1", "p2"], start) for user in (ann, ben, cid)}
+    first = [viewed[user][n] for n in range(2) for user in (ann, ben, cid)]
+    # Ann looks at p4 after her trigger: her decision must see the profile of its event.
+    first.append(Event(f"{ann}-late", EventType.VIEW, ann, "p4", start + 3, "phones"))
+    # Cid buys in the same batch: his second push is refused by the gap after the first.
+    first.append(Event(f"{cid}-buy", EventType.BUY, cid, "p6", start + 4, "phones"))
+    try:
+        assert await batch(first) == [["MGET", "ZREVRANGE", "ZREVRANGE"]]
+        assert checks == [[ann, ben, cid, cid]], "one limiter call, in the order of the events"
+        clock.now += 1.0
+        assert await batch(browsing(dot, ["p1", "p2"], start)) == [["MGET"]], "popular lists cached"
+        clock.now += 1.0
+        assert await batch(browsing(eve, ["p1", "p2"], start)) == [["MGET", "ZREVRANGE", "ZREVRANGE"]]
+        assert len(checks) == 3
+        await app.producer.flush()
+    finally:
+        await engine.limiter.aclose()
+        await app.producer.stop()
+        await client.delete(*map(store.related_key, related), store.popular_key, store.popular_in_key("phones"))
+        await client.aclose()
+
+    async def of_ours(topic: str) -> dict[str, list[dict[str, Any]]]:
+        """The records of the test's users on ``topic`` (all acknowledged: no waiting)."""
+        found: dict[str, list[dict[str, Any]]] = {user: [] for user in users}
+        for _, value in await read_topic(config.kafka_bootstrap, topic, until=1_000_000, timeout_s=2):
+            record = orjson.loads(value or b"")
+            user = record.get("user_id") or record.get("trigger", {}).get("user_id")
+            if user in found:
+                found[user].append(record)
+        return found
+
+    pushed = await of_ours(config.topics.push)
+    assert all([d["trigger"] for d in pushed[user]] == ["browse_interest"] for user in users), pushed
+    items = {user: [i["item_id"] for i in pushed[user][0]["items"]] for user in users}
+    assert "p4" in items[ann] and items[ann] == items[ben], "decided on the profile of its event"
+    audit = await of_ours(config.topics.suppressed)
+    assert [(r["trigger"], r["reason"]) for r in audit[cid]] == [("post_purchase", "min_gap")]
+    deferred = await of_ours(config.topics.deferred)
+    assert all([e["kind"] for e in deferred[user]] == ["wait"] for user in users), "browse_abandoned is held"
 
 
 async def test_without_redis_nothing_is_pushed_and_it_recovers_by_itself(

@@ -22,7 +22,7 @@ from models.cooccurrence import CoocConfig
 from models.events import Event, EventType
 from streams import services
 from streams.cooccurrence import RelatedItemsStore
-from tests.integration.conftest import Deployment, WorkerProcess, free_port
+from tests.integration.conftest import Deployment, WorkerProcess, throwaway_services
 from tests.integration.test_reliability import (
     offline,
     profiles_in_changelog,
@@ -43,17 +43,8 @@ def local_services(
     local_services: services.LocalServices, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[services.LocalServices]:
     """A Kafka broker and a Redis server for this module alone (the shared pair's jars)."""
-    own = services.LocalServices(
-        state_dir=tmp_path_factory.mktemp("outage-services"),
-        kafka_port=free_port(),
-        controller_port=free_port(),
-        redis_port=free_port(),
-        cache_dir=local_services.cache_dir,
-        kafka_heap="512m",
-    )
-    services.up(own, say=lambda message: None)
-    yield own
-    services.down(own, say=lambda message: None)
+    with throwaway_services(local_services, tmp_path_factory, "outage-services") as own:
+        yield own
 
 
 async def broker_answers(deployment: Deployment, timeout_s: float = 60.0) -> float:

@@ -28,7 +28,7 @@ from streams import services
 from streams.app import _credentials, redis_client
 from streams.limiter import LimiterUnavailableError, RedisLimiter
 from streams.settings import Settings
-from tests.integration.conftest import Deployment, free_port
+from tests.integration.conftest import Deployment, throwaway_services
 from tests.integration.test_reliability import (
     new_deployment,
     offline,
@@ -55,21 +55,16 @@ class Secrets:
 def secured(
     local_services: services.LocalServices, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[services.LocalServices]:
-    own = services.LocalServices(
-        state_dir=tmp_path_factory.mktemp("secured-services"),
-        kafka_port=free_port(),
-        controller_port=free_port(),
-        redis_port=free_port(),
-        cache_dir=local_services.cache_dir,
-        kafka_heap="512m",
+    started = time.monotonic()
+    with throwaway_services(
+        local_services,
+        tmp_path_factory,
+        "secured-services",
         kafka_sasl_users=(("broker", Secrets.broker), (CLIENT_USER, Secrets.client)),
         redis_password=Secrets.redis,
-    )
-    started = time.monotonic()
-    services.up(own, say=lambda message: None)
-    print(f"\n[security] SASL broker and AUTH Redis up in {time.monotonic() - started:.1f}s")
-    yield own
-    services.down(own, say=lambda message: None)
+    ) as own:
+        print(f"\n[security] SASL broker and AUTH Redis up in {time.monotonic() - started:.1f}s")
+        yield own
 
 
 def sasl_env(password: str) -> dict[str, str]:
