@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +26,12 @@ from aiohttp import web as aiohttp_web
 from faust.types import EventT, Message, TableT
 
 from models.cooccurrence import CoocConfig, DecayedValue, pair_increments
-from models.events import Event, Rejection, decode_event
+from models.events import Event, Rejection, RejectReason, decode_event
 from models.features import FeatureConfig, should_sample
 from models.policy import copy_profile
 from models.profile import Profile, ProfileConfig, update
 from streams import metrics
-from streams.batches import acting_for, batches
+from streams.batches import acting_for, batches, release, unsettled
 from streams.codecs import dlq_record
 from streams.cooccurrence import (
     FLUSH_INTERVAL_S,
@@ -44,6 +44,7 @@ from streams.cooccurrence import (
 )
 from streams.decisions import DecisionEngine
 from streams.erasure import EXPIRE, FORGET, Eraser
+from streams.refetch import Refetcher
 from streams.segmentation import (
     SNAPSHOT_INTERVAL_S,
     SNAPSHOT_KEY,
@@ -92,12 +93,16 @@ class Worker:
         self.profile_config = ProfileConfig(half_life_s=settings.profile_half_life_s)
         self.app = _faust_app(settings)
         self.topics = settings.topics
+        self.refetcher = Refetcher(self.app, settings)
         self._topic_types = {name: t for t, name in self.topics.events.items()}
         self.events_topic = self.app.topic(*self.topics.events.values())
         self.dlq_topic = self.app.topic(self.topics.dlq)
         # Keys are the user id's UTF-8 bytes and values the encoded profile, both "raw":
         # what recovery reads back from the changelog is exactly what was written.
         self.profiles = self._table("profiles")
+        #: The consumer generation whose table recovery completed last (see unsettled()).
+        self.recovered_generation = -1
+        self.profiles.on_recover(self._on_recovered)
         self.redis = redis_client(settings)
         self.cooc_config = CoocConfig()
         self.cooc_topic = self.app.topic(self.topics.cooc_pairs)
@@ -115,17 +120,35 @@ class Worker:
         self.app.agent(self.events_topic, name="ingest")(self._ingest)
         self.app.agent(self.cooc_topic, name="cooc")(self._cooccurrence)
         self.app.agent(self.deferred_topic, name="deferred")(self._deferred)
-        self.app.timer(1.0)(self.decisions.fire_due)
-        self.app.timer(min(RETENTION_SWEEP_S, self.eraser.retention_s / 10))(self.eraser.sweep)
+        self._every(1.0, self.decisions.fire_due)
+        self._every(min(RETENTION_SWEEP_S, self.eraser.retention_s / 10), self.eraser.sweep)
         self.app.agent(self.segments_train_topic, name="segment-trainer")(self._train_segments)
-        self.app.timer(FLUSH_INTERVAL_S)(self._flush_related)
+        self._every(FLUSH_INTERVAL_S, self._flush_related)
         self.app.task(self.segments.run)
-        self.app.timer(SNAPSHOT_INTERVAL_S)(self._publish_segments)
-        self.app.timer(5.0)(self._refresh_gauges)
-        self.app.timer(30.0)(self._refresh_segment_gauges)
+        self._every(SNAPSHOT_INTERVAL_S, self._publish_segments)
+        self._every(5.0, self._refresh_gauges)
+        self._every(30.0, self._refresh_segment_gauges)
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
         self._add_pages()
+
+    def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``job`` every ``seconds``; a failure is logged and counted, not fatal.
+
+        An exception in a Faust timer stops the whole worker: a gauge refresh that meets
+        a partition in the middle of a rebalance must not take the event path down.
+        """
+        name = getattr(job, "__name__", "timer").lstrip("_")
+
+        async def guarded() -> None:
+            try:
+                await job()
+            except Exception:
+                metrics.TIMER_ERRORS.labels(timer=name).inc()
+                log.exception("timer %s failed; it runs again in %.0f s", name, seconds)
+
+        guarded.__name__ = f"timer_{name}"
+        self.app.timer(seconds)(guarded)
 
     def _table(self, name: str) -> TableT[bytes, bytes]:
         # key_type/value_type decide how *recovery* decodes the changelog; the schema how
@@ -138,7 +161,7 @@ class Worker:
     # --- agents --------------------------------------------------------------------
 
     async def _ingest(self, stream: faust.StreamT[bytes]) -> None:
-        async for events in batches(stream):
+        async for events in batches(stream, self.refetcher):
             await self.handle_events(events)
 
     async def handle_events(self, events: Sequence[EventT[bytes]]) -> None:
@@ -161,9 +184,14 @@ class Worker:
             await self.segments_train_topic.send(value=record)
         await self.decisions.flush(batch.now)
         await self.app.producer.flush()
+        if unsettled(self.app, events, self.recovered_generation):
+            release(self.refetcher, events)
+            metrics.BATCHES_RELEASED.labels(agent="ingest").inc()
+            return
         for user_key, (profile, event) in batch.profiles.items():
             with acting_for(event):
                 self.profiles[user_key] = profile.to_bytes()
+        batch.count()
 
     async def _handle(self, batch: _Batch, event: EventT[bytes]) -> None:
         message = event.message
@@ -177,6 +205,7 @@ class Worker:
         )
         if isinstance(decoded, Rejection):
             await self._dead_letter(decoded, message, batch.now)
+            batch.rejected.append(decoded.reason)
             return
         user_key = decoded.user_id.encode()
         if key != user_key:
@@ -185,10 +214,9 @@ class Worker:
             await self.app.topic(topic).send(key=user_key, value=value)
             return
         if self._process(batch, user_key, decoded, event):
-            metrics.CONSUMED_BY_TYPE[decoded.type].inc()
-            metrics.EVENT_LAG.observe(max(0.0, time.time() - decoded.ts))
+            batch.applied.append(decoded)
         else:
-            metrics.EVENTS_DUPLICATE.inc()
+            batch.duplicates += 1
 
     def _process(
         self, batch: _Batch, user_key: bytes, event: Event, source: EventT[bytes]
@@ -214,26 +242,36 @@ class Worker:
 
     async def _cooccurrence(self, stream: faust.StreamT[bytes]) -> None:
         """Row owner: every message holds increments for items of its own partition."""
-        async for events in batches(stream):
+        async for events in batches(stream, self.refetcher):
             by_partition = {event.message.partition: event for event in events}
             writes = self.cooc_rows.apply_batch(
                 ((e.message.partition, e.value) for e in events), self.cooc_table.get
             )
+            if unsettled(self.app, events, self.recovered_generation):
+                release(self.refetcher, events)
+                metrics.BATCHES_RELEASED.labels(agent="cooc").inc()
+                continue
             for key, (partition, row) in writes.items():
                 with acting_for(by_partition[partition]):
                     self.cooc_table[key] = row
 
     async def _deferred(self, stream: faust.StreamT[bytes]) -> None:
         """Per-user commands, co-partitioned with the events: delayed triggers, erasure."""
-        async for event in stream.events():
-            key = event.message.key
-            message = orjson.loads(event.value)
-            if message["kind"] in (FORGET, EXPIRE):
-                await self.eraser.handle(key, message)
-                continue
-            stored = self.profiles.get(key)
-            profile = Profile.from_bytes(stored) if stored is not None else None
-            await self.decisions.on_deferred(key, message, profile)
+        async for events in batches(stream, self.refetcher):
+            for event in events:
+                with acting_for(event):
+                    await self._command(event.message.key, orjson.loads(event.value))
+
+    async def _command(self, key: bytes | None, message: dict[str, Any]) -> None:
+        if key is None:
+            log.warning("ignored a %s command without a user key", message.get("kind"))
+            return
+        if message["kind"] in (FORGET, EXPIRE):
+            await self.eraser.handle(key, message)
+            return
+        stored = self.profiles.get(key)
+        profile = Profile.from_bytes(stored) if stored is not None else None
+        await self.decisions.on_deferred(key, message, profile)
 
     async def _send_command(self, key: bytes, value: bytes) -> None:
         await self.deferred_topic.send(key=key, value=value)
@@ -272,15 +310,16 @@ class Worker:
 
     async def _train_segments(self, stream: faust.StreamT[bytes]) -> None:
         """The single trainer (segments.train has one partition) learns every sample."""
-        async for event in stream.events():
+        async for events in batches(stream, self.refetcher):
             if not self.trainer.started:
                 await self.trainer.start(await read_latest_snapshot(self.settings))
             # The samples are a sample: when the trainer falls behind (CluStream learns a
             # few thousand vectors per second), stale ones are shed rather than queued.
-            if time.time() - event.message.timestamp > MAX_SAMPLE_AGE_S:
-                metrics.SEGMENT_SKIPPED.inc()
-                continue
-            await self.trainer.learn(event.value)
+            oldest = time.time() - MAX_SAMPLE_AGE_S
+            fresh = [e.value for e in events if e.message.timestamp >= oldest]
+            metrics.SEGMENT_SKIPPED.inc(len(events) - len(fresh))
+            if fresh:
+                await self.trainer.learn(fresh)
 
     async def _publish_segments(self) -> None:
         """On the trainer's worker: publish a new snapshot version, then checkpoint."""
@@ -291,12 +330,17 @@ class Worker:
             await self.trainer.checkpoint()
 
     async def _on_partitions_assigned(self, sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        self.refetcher.forget(assigned)
         events = set(self.topics.events.values())
         partitions = sorted({tp.partition for tp in assigned if tp.topic in events})
         if partitions:
             await self.decisions.reconcile(partitions)
 
+    async def _on_recovered(self) -> None:
+        self.recovered_generation = self.app.consumer_generation_id
+
     async def _on_partitions_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        self.refetcher.forget(revoked)
         if any(tp.topic == self.topics.segments_train for tp in revoked):
             # Another worker trains now; if the partition comes back, resume from its
             # checkpoint rather than from this worker's stale model.
@@ -313,7 +357,6 @@ class Worker:
             rejected_at=now,
         )
         await self.dlq_topic.send(key=message.key, value=record)
-        metrics.REJECTED_BY_REASON[rejection.reason].inc()
 
     # --- housekeeping --------------------------------------------------------------
 
@@ -443,8 +486,22 @@ class _Batch:
     now: float
     pairs: PairBatch
     samples: list[bytes] = field(default_factory=list)
+    #: Events applied, and how many were skipped as duplicates (counted once persisted).
+    applied: list[Event] = field(default_factory=list)
+    duplicates: int = 0
+    rejected: list[RejectReason] = field(default_factory=list)
     #: The batch's latest profile of each user, with the event that last changed it.
     profiles: dict[bytes, tuple[Profile, EventT[bytes]]] = field(default_factory=dict)
+
+    def count(self) -> None:
+        """Count the batch in the metrics: only once it is persisted, so never twice."""
+        done = time.time()
+        for event in self.applied:
+            metrics.CONSUMED_BY_TYPE[event.type].inc()
+            metrics.EVENT_LAG.observe(max(0.0, done - event.ts))
+        metrics.EVENTS_DUPLICATE.inc(self.duplicates)
+        for reason in self.rejected:
+            metrics.REJECTED_BY_REASON[reason].inc()
 
     def profile(self, user_key: bytes, table: TableT[bytes, bytes]) -> Profile | None:
         """The user's profile as this batch left it, else as stored."""

@@ -4,6 +4,13 @@ Agents take events in batches (``stream.take_events``) so that per-message costs
 messages, changelog writes, Redis round trips, producer flushes — are paid once per batch
 rather than once per event.
 
+A batch is acknowledged only once the loop body that handled it has returned, and a batch
+whose processing overlapped a rebalance is *released* instead (:func:`release`): its state
+is not written and its offsets are not committed, so its events are delivered again —
+from the committed offsets, to whichever worker owns their partitions now — and
+processed from state that the rebalance's recovery cannot have overwritten. (Without
+this, a rebalance test lost blocks of about seven events per partition.)
+
 A batch is acknowledged only once the loop body that handled it has returned. Faust's
 own ``take_events`` acknowledges a batch in a ``finally`` clause, that is also when the
 body raised or was cancelled — a worker stopped mid-batch (a rebalance, a shutdown)
@@ -20,7 +27,10 @@ from contextlib import contextmanager
 from typing import cast
 
 from faust.streams import Stream, _current_event
-from faust.types import EventT, StreamT
+from faust.types import AppT, EventT, StreamT
+from mode.utils.futures import notify
+
+from streams.refetch import Refetcher
 
 #: At most this many events per batch ...
 BATCH_MAX_EVENTS = 500
@@ -28,9 +38,12 @@ BATCH_MAX_EVENTS = 500
 BATCH_WITHIN_S = 0.005
 
 
-async def batches(stream: StreamT[bytes]) -> AsyncIterator[Sequence[EventT[bytes]]]:
+async def batches(
+    stream: StreamT[bytes], refetcher: Refetcher
+) -> AsyncIterator[Sequence[EventT[bytes]]]:
     """The stream's events in batches of at most ``BATCH_MAX_EVENTS``, ``BATCH_WITHIN_S`` apart.
 
+    Messages the stream skipped are put back in front (:class:`streams.refetch.Refetcher`).
     Each batch is acknowledged when the loop body asks for the next one, never if the
     body raises or is cancelled.
     """
@@ -41,9 +54,12 @@ async def batches(stream: StreamT[bytes]) -> AsyncIterator[Sequence[EventT[bytes
         concrete.noack_take(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S),
     )
     async for events in taken:
-        yield events
+        filled, fetched = await refetcher.fill(events)
+        yield filled
         for event in events:
             await concrete.ack(event)
+        for event in fetched:
+            refetcher.app.consumer.ack(event.message)  # a no-op once released
 
 
 @contextmanager
@@ -60,3 +76,36 @@ def acting_for(event: EventT[bytes]) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def unsettled(app: AppT, events: Sequence[EventT[bytes]], recovered_generation: int) -> bool:
+    """Whether the batch overlapped a rebalance or the table recovery that follows it.
+
+    A recovery re-reads the changelogs into the tables (the in-memory store reads all of
+    them again): a value written while it runs can be overwritten by an older one, so a
+    batch persisted then would be lost. ``recovered_generation`` is the consumer
+    generation whose recovery completed last.
+    """
+    current = app.consumer_generation_id
+    return (
+        bool(app.rebalancing)
+        or bool(app.in_recovery)
+        or current != recovered_generation
+        or any(e.message.generation_id != current for e in events)
+    )
+
+
+def release(refetcher: Refetcher, events: Sequence[EventT[bytes]]) -> None:
+    """Let go of events without marking them processed: they will be delivered again.
+
+    Either Faust delivers them again (it seeks to the committed offsets after a
+    rebalance) or, if it has moved on, the refetcher finds the hole they leave.
+    Faust has no public call for this; the consumer's bookkeeping is what ``ack`` would
+    touch, minus the offset it would record for the next commit.
+    """
+    consumer = refetcher.app.consumer
+    for event in events:
+        event.message.acked = True  # so the batch's own acknowledgement leaves it alone
+        consumer._unacked_messages.discard(event.message)  # type: ignore[attr-defined]
+    notify(consumer._waiting_for_ack)  # type: ignore[attr-defined]  # wakes a rebalance waiting for acks
+    refetcher.rewind(events)

@@ -30,6 +30,7 @@ key                                type         value
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -56,8 +57,10 @@ from streams import metrics
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 2.0
-#: Rows scored per flush: bounds the time one flush holds the event loop.
+#: Rows scored per flush: bounds the work of one flush.
 MAX_ROWS_PER_FLUSH = 2000
+#: Rows scored between two yields to the event loop (about 2 ms of scoring).
+ROWS_BETWEEN_YIELDS = 50
 RELATED_TTL_S = 7 * 86400
 POPULAR_KEPT = 5000
 POPULAR_KEPT_PER_CATEGORY = 500
@@ -268,7 +271,11 @@ class RelatedItemsStore:
         }
         total = sum(decode_decayed(raw).at(now, half_life) for raw in raw_totals.values())
         async with self.redis.pipeline(transaction=False) as pipe:
-            for item_id, row in rows.items():
+            for n, (item_id, row) in enumerate(rows.items(), 1):
+                if n % ROWS_BETWEEN_YIELDS == 0:
+                    # Scoring is CPU work on the event loop: let the agents run between
+                    # slices, so a flush delays an event by milliseconds, not a whole flush.
+                    await asyncio.sleep(0)
                 related = score_row(row, now, counts, max(total, 1.0), self.config)
                 pipe.set(self.related_key(item_id), orjson.dumps(related), ex=RELATED_TTL_S)
                 own = row.at(now, half_life)

@@ -46,6 +46,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TableT
 
+from models.encoding import compact
 from models.events import Event
 from models.limits import LimitResult, Verdict
 from models.policy import (
@@ -109,6 +110,7 @@ class DecisionEngine:
         self.push_topic = app.topic(settings.topics.push)
         self.audit_topic = app.topic(settings.topics.suppressed)
         self.deferred_topic = app.topic(settings.topics.deferred)
+        self._app = app
         #: Entries re-sent as due and not yet handled (so a slow agent is not flooded).
         self._fired: set[str] = set()
         #: What :meth:`on_event` queued for the next :meth:`flush`.
@@ -166,22 +168,29 @@ class DecisionEngine:
         entries: dict[str, Any] = orjson.loads(self.pending.get(key) or b"{}")
         if message["kind"] == "wait":
             entries[message["id"]] = message["trigger"]
-            self.pending[key] = orjson.dumps(entries)
+            self.pending[key] = compact(entries)
             return
         self._fired.discard(message["id"])
         stored = entries.pop(message["id"], None)
         if stored is None:
             return  # already handled (a duplicate due message)
-        if entries:
-            self.pending[key] = orjson.dumps(entries)
-        else:
-            del self.pending[key]
         trigger = Trigger.from_dict(stored)
         now = time.time()
-        if not still_valid(trigger, profile, now, self.policy) or profile is None:
+        if profile is None or not still_valid(trigger, profile, now, self.policy):
             metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="cancelled").inc()
-            return
-        await self._run([(trigger, profile)], now)
+        else:
+            await self._run([(trigger, profile)], now)
+            # The decision is on the broker before the entry that calls for it is gone: a
+            # crash in between decides it again (same decision id, never published twice).
+            await self._flush_sends()
+        if entries:
+            self.pending[key] = compact(entries)
+        else:
+            del self.pending[key]
+
+    async def _flush_sends(self) -> None:
+        """Wait until the broker has acknowledged every message sent so far."""
+        await self._app.producer.flush()
 
     async def fire_due(self) -> None:
         """Timer: re-send due entries of this worker's partitions as ``due`` messages."""

@@ -40,6 +40,24 @@ EVENTS_REJECTED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+TIMER_ERRORS = Counter(
+    "nudgestream_timer_errors_total",
+    "Failures of periodic jobs (logged; the job runs again at its next tick).",
+    ["timer"],
+    registry=REGISTRY,
+)
+MESSAGES_REFETCHED = Counter(
+    "nudgestream_messages_refetched_total",
+    "Messages a stream skipped around a rebalance and the worker fetched again.",
+    ["topic"],
+    registry=REGISTRY,
+)
+BATCHES_RELEASED = Counter(
+    "nudgestream_batches_released_total",
+    "Batches not persisted because a rebalance overlapped them (delivered again).",
+    ["agent"],
+    registry=REGISTRY,
+)
 EVENTS_DUPLICATE = Counter(
     "nudgestream_events_duplicate_total",
     "Events skipped because their event_id was already processed for the user.",
