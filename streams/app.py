@@ -12,6 +12,7 @@ profile (see ``models.profile``) and by deterministic decision ids.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -23,7 +24,7 @@ import faust
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web as aiohttp_web
-from faust.types import EventT, Message, TableT
+from faust.types import EventT, Message, RecordMetadata, TableT
 
 from models.cooccurrence import CoocConfig, DecayedValue, pair_increments
 from models.events import Event, Rejection, RejectReason, decode_event
@@ -31,7 +32,7 @@ from models.features import FeatureConfig, should_sample
 from models.policy import copy_profile
 from models.profile import Profile, ProfileConfig, update
 from streams import metrics
-from streams.batches import acting_for, batches, release, unsettled
+from streams.batches import BACKGROUND_BATCH, acting_for, batches, release, unsettled
 from streams.codecs import dlq_record
 from streams.cooccurrence import (
     FLUSH_INTERVAL_S,
@@ -161,7 +162,8 @@ class Worker:
     # --- agents --------------------------------------------------------------------
 
     async def _ingest(self, stream: faust.StreamT[bytes]) -> None:
-        async for events in batches(stream, self.refetcher):
+        bounds = (self.settings.batch_max_events, self.settings.batch_wait_s)
+        async for events in batches(stream, self.refetcher, bounds):
             await self.handle_events(events)
 
     async def handle_events(self, events: Sequence[EventT[bytes]]) -> None:
@@ -179,11 +181,13 @@ class Worker:
         for event in events:
             await self._handle(batch, event)
         for partition, message in batch.pairs.messages().items():
-            await self.cooc_topic.send(partition=partition, value=message)
+            batch.sent.append(await self.cooc_topic.send(partition=partition, value=message))
         for record in batch.samples:
-            await self.segments_train_topic.send(value=record)
+            batch.sent.append(await self.segments_train_topic.send(value=record))
         await self.decisions.flush(batch.now)
-        await self.app.producer.flush()
+        # Only this batch's own messages: a producer flush would also wait for what the
+        # other agents keep sending, and under load it hardly ever ends.
+        await asyncio.gather(*batch.sent, *self.decisions.take_sent())
         if unsettled(self.app, events, self.recovered_generation):
             release(self.refetcher, events)
             metrics.BATCHES_RELEASED.labels(agent="ingest").inc()
@@ -204,14 +208,14 @@ class Worker:
             max_future_skew_s=self.settings.max_future_skew_s,
         )
         if isinstance(decoded, Rejection):
-            await self._dead_letter(decoded, message, batch.now)
+            batch.sent.append(await self._dead_letter(decoded, message, batch.now))
             batch.rejected.append(decoded.reason)
             return
         user_key = decoded.user_id.encode()
         if key != user_key:
             # Per-user state needs every event of a user on one partition: re-key it
             # instead of processing it on the wrong partition (or dropping it).
-            await self.app.topic(topic).send(key=user_key, value=value)
+            batch.sent.append(await self.app.topic(topic).send(key=user_key, value=value))
             return
         if self._process(batch, user_key, decoded, event):
             batch.applied.append(decoded)
@@ -242,7 +246,7 @@ class Worker:
 
     async def _cooccurrence(self, stream: faust.StreamT[bytes]) -> None:
         """Row owner: every message holds increments for items of its own partition."""
-        async for events in batches(stream, self.refetcher):
+        async for events in batches(stream, self.refetcher, BACKGROUND_BATCH):
             by_partition = {event.message.partition: event for event in events}
             writes = self.cooc_rows.apply_batch(
                 ((e.message.partition, e.value) for e in events), self.cooc_table.get
@@ -257,7 +261,7 @@ class Worker:
 
     async def _deferred(self, stream: faust.StreamT[bytes]) -> None:
         """Per-user commands, co-partitioned with the events: delayed triggers, erasure."""
-        async for events in batches(stream, self.refetcher):
+        async for events in batches(stream, self.refetcher, BACKGROUND_BATCH):
             for event in events:
                 with acting_for(event):
                     await self._command(event.message.key, orjson.loads(event.value))
@@ -310,7 +314,7 @@ class Worker:
 
     async def _train_segments(self, stream: faust.StreamT[bytes]) -> None:
         """The single trainer (segments.train has one partition) learns every sample."""
-        async for events in batches(stream, self.refetcher):
+        async for events in batches(stream, self.refetcher, BACKGROUND_BATCH):
             if not self.trainer.started:
                 await self.trainer.start(await read_latest_snapshot(self.settings))
             # The samples are a sample: when the trainer falls behind (CluStream learns a
@@ -346,7 +350,9 @@ class Worker:
             # checkpoint rather than from this worker's stale model.
             self.trainer.stop()
 
-    async def _dead_letter(self, rejection: Rejection, message: Message, now: float) -> None:
+    async def _dead_letter(
+        self, rejection: Rejection, message: Message, now: float
+    ) -> Awaitable[RecordMetadata]:
         record = dlq_record(
             rejection,
             value=message.value,
@@ -356,7 +362,7 @@ class Worker:
             offset=message.offset,
             rejected_at=now,
         )
-        await self.dlq_topic.send(key=message.key, value=record)
+        return await self.dlq_topic.send(key=message.key, value=record)
 
     # --- housekeeping --------------------------------------------------------------
 
@@ -486,6 +492,8 @@ class _Batch:
     now: float
     pairs: PairBatch
     samples: list[bytes] = field(default_factory=list)
+    #: Acknowledgements of the batch's messages, awaited before its profiles are written.
+    sent: list[Awaitable[RecordMetadata]] = field(default_factory=list)
     #: Events applied, and how many were skipped as duplicates (counted once persisted).
     applied: list[Event] = field(default_factory=list)
     duplicates: int = 0

@@ -32,16 +32,17 @@ from mode.utils.futures import notify
 
 from streams.refetch import Refetcher
 
-#: At most this many events per batch ...
-BATCH_MAX_EVENTS = 500
-#: ... and a batch waits at most this long for more (the latency a quiet stream pays).
-BATCH_WITHIN_S = 0.005
+#: Batches of the agents off the event path (rows, delayed triggers, segment samples):
+#: their work shows only at the next publication of related items (every 2 s), at a due
+#: time, or in the next snapshot, so they wait longer and cost less per message. The
+#: ingest agent's bounds are settings (``NUDGESTREAM_BATCH_MAX_EVENTS``, ``_BATCH_WAIT_MS``).
+BACKGROUND_BATCH = (100, 0.1)
 
 
 async def batches(
-    stream: StreamT[bytes], refetcher: Refetcher
+    stream: StreamT[bytes], refetcher: Refetcher, bounds: tuple[int, float]
 ) -> AsyncIterator[Sequence[EventT[bytes]]]:
-    """The stream's events in batches of at most ``BATCH_MAX_EVENTS``, ``BATCH_WITHIN_S`` apart.
+    """The stream's events in batches of at most ``bounds[0]`` events, after at most ``bounds[1]`` s.
 
     Messages the stream skipped are put back in front (:class:`streams.refetch.Refetcher`).
     Each batch is acknowledged when the loop body asks for the next one, never if the
@@ -51,7 +52,7 @@ async def batches(
     concrete = cast(Stream[bytes], stream)
     taken = cast(
         AsyncIterator[Sequence[EventT[bytes]]],  # noack_take yields events, not values
-        concrete.noack_take(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S),
+        concrete.noack_take(bounds[0], within=bounds[1]),
     )
     async for events in taken:
         filled, fetched = await refetcher.fill(events)

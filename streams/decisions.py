@@ -110,13 +110,15 @@ class DecisionEngine:
         self.push_topic = app.topic(settings.topics.push)
         self.audit_topic = app.topic(settings.topics.suppressed)
         self.deferred_topic = app.topic(settings.topics.deferred)
-        self._app = app
         #: Entries re-sent as due and not yet handled (so a slow agent is not flooded).
         self._fired: set[str] = set()
         #: What :meth:`on_event` queued for the next :meth:`flush`.
         self._due: list[Due] = []
         self._waiting: list[Trigger] = []
         self._confirmations: set[asyncio.Future[None]] = set()
+        #: Acknowledgements of the messages sent and not yet waited for, per agent task
+        #: (the ingest and deferred agents share this engine; see take_sent).
+        self._sent: dict[asyncio.Task[Any] | None, list[Awaitable[Any]]] = {}
 
     async def reconcile(self, partitions: Sequence[int]) -> int:
         """On assignment: mark pushes already on the topic as published in the limiter.
@@ -161,7 +163,9 @@ class DecisionEngine:
 
     async def _wait(self, trigger: Trigger) -> None:
         entry = {"kind": "wait", "id": entry_id(trigger), "trigger": trigger.to_dict()}
-        await self.deferred_topic.send(key=trigger.user_id.encode(), value=orjson.dumps(entry))
+        self._sending(
+            await self.deferred_topic.send(key=trigger.user_id.encode(), value=orjson.dumps(entry))
+        )
 
     async def on_deferred(self, key: bytes, message: dict[str, Any], profile: Profile | None) -> None:
         """``deferred`` agent: store a waiting trigger, or decide a due one."""
@@ -188,9 +192,16 @@ class DecisionEngine:
         else:
             del self.pending[key]
 
+    def take_sent(self) -> list[Awaitable[Any]]:
+        """The acknowledgements of what the calling agent sent since its last call."""
+        return self._sent.pop(asyncio.current_task(), [])
+
+    def _sending(self, ack: Awaitable[Any]) -> None:
+        self._sent.setdefault(asyncio.current_task(), []).append(ack)
+
     async def _flush_sends(self) -> None:
-        """Wait until the broker has acknowledged every message sent so far."""
-        await self._app.producer.flush()
+        """Wait until the broker has acknowledged the decisions sent so far."""
+        await asyncio.gather(*self.take_sent())
 
     async def fire_due(self) -> None:
         """Timer: re-send due entries of this worker's partitions as ``due`` messages."""
@@ -264,6 +275,7 @@ class DecisionEngine:
     async def _publish(self, decision: Decision) -> None:
         record = orjson.dumps(decision.to_dict())
         ack = await self.push_topic.send(key=decision.user_id.encode(), value=record)
+        self._sending(ack)
         # Waiting for the broker here would stall the user's partition for a round trip;
         # the confirmation runs beside the stream instead (Faust still flushes every send
         # before it commits the triggering event's offset).
@@ -287,7 +299,7 @@ class DecisionEngine:
 
     async def _audit(self, decision: Decision, outcome: Outcome, reason: str) -> None:
         record = orjson.dumps(decision.to_audit_dict(outcome, reason))
-        await self.audit_topic.send(key=decision.user_id.encode(), value=record)
+        self._sending(await self.audit_topic.send(key=decision.user_id.encode(), value=record))
         metrics.DECISIONS.labels(trigger=decision.trigger.value, outcome=outcome.value).inc()
 
 

@@ -61,6 +61,10 @@ class RawSettings:
         "PROCESSING_GUARANTEE", "at_least_once", "at_least_once or exactly_once (Kafka transactions)"
     )
     max_event_bytes: str = _env("MAX_EVENT_BYTES", "4096", "largest accepted event (bytes)")
+    batch_max_events: str = _env("BATCH_MAX_EVENTS", "500", "most events the ingest agent takes at once (1-10000)")
+    batch_wait_ms: str = _env(
+        "BATCH_WAIT_MS", "20", "longest wait of the ingest agent for a fuller batch (ms, 1-1000)"
+    )
     max_future_skew_s: str = _env("MAX_FUTURE_SKEW_S", "300", "future event-time tolerance (s)")
     profile_half_life_s: str = _env("PROFILE_HALF_LIFE_S", "21600", "interest half-life (s)")
     pseudonym_key: str = _env("PSEUDONYM_KEY", "", "secret key for user pseudonyms in logs")
@@ -106,6 +110,8 @@ class Settings:
     processing_guarantee: str
     max_event_bytes: int
     max_future_skew_s: float
+    batch_max_events: int
+    batch_wait_s: float
     profile_half_life_s: float
     pseudonym_key: bytes
     default_tz: str
@@ -203,6 +209,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         max_event_bytes=_parse("MAX_EVENT_BYTES", raw.max_event_bytes, _int_between(256, 1 << 20)),
         max_future_skew_s=_parse("MAX_FUTURE_SKEW_S", raw.max_future_skew_s, _positive_float),
+        batch_max_events=_parse("BATCH_MAX_EVENTS", raw.batch_max_events, _int_between(1, 10_000)),
+        batch_wait_s=_parse("BATCH_WAIT_MS", raw.batch_wait_ms, _int_between(1, 1000)) / 1000.0,
         profile_half_life_s=_parse("PROFILE_HALF_LIFE_S", raw.profile_half_life_s, _positive_float),
         pseudonym_key=raw.pseudonym_key.encode(),
         default_tz=_parse("DEFAULT_TZ", raw.default_tz, _zone),
