@@ -23,6 +23,8 @@ def test_defaults_parse_and_point_at_the_local_services() -> None:
         ("NUDGESTREAM_REDIS_URL", "localhost:6379", "redis://"),
         ("NUDGESTREAM_STORE", "disk", "memory, rocksdb"),
         ("NUDGESTREAM_WEB_PORT", "70000", "between 1 and 65535"),
+        ("NUDGESTREAM_BATCH_WAIT_MS", "0", "between 1 and 1000"),
+        ("NUDGESTREAM_BATCH_MAX_EVENTS", "lots", "integer"),
         ("NUDGESTREAM_DEFAULT_TZ", "Mars/Olympus", "IANA zone"),
         ("NUDGESTREAM_PROFILE_HALF_LIFE_S", "-5", "positive number"),
         ("NUDGESTREAM_KAFKA_SECURITY_PROTOCOL", "TLS", "SASL_SSL"),
