@@ -36,7 +36,7 @@ from streams.refetch import Refetcher
 #: their work shows only at the next publication of related items (every 2 s), at a due
 #: time, or in the next snapshot, so they wait longer and cost less per message. The
 #: ingest agent's bounds are settings (``NUDGESTREAM_BATCH_MAX_EVENTS``, ``_BATCH_WAIT_MS``).
-BACKGROUND_BATCH = (100, 0.1)
+BACKGROUND_BATCH = (500, 0.1)
 
 
 async def batches(
