@@ -63,7 +63,7 @@ class RawSettings:
     max_event_bytes: str = _env("MAX_EVENT_BYTES", "4096", "largest accepted event (bytes)")
     batch_max_events: str = _env("BATCH_MAX_EVENTS", "500", "most events the ingest agent takes at once (integer, 1-10000)")
     batch_wait_ms: str = _env(
-        "BATCH_WAIT_MS", "20", "longest wait of the ingest agent for a fuller batch (integer ms, 1-1000)"
+        "BATCH_WAIT_MS", "5", "longest wait of the ingest agent for a fuller batch (integer ms, 1-1000)"
     )
     max_future_skew_s: str = _env("MAX_FUTURE_SKEW_S", "300", "future event-time tolerance (s)")
     profile_half_life_s: str = _env("PROFILE_HALF_LIFE_S", "21600", "interest half-life (s)")
