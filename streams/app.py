@@ -188,9 +188,7 @@ class Worker:
         # Only this batch's own messages: a producer flush would also wait for what the
         # other agents keep sending, and under load it hardly ever ends.
         await asyncio.gather(*batch.sent, *self.decisions.take_sent())
-        if unsettled(self.app, events, self.recovered_generation):
-            release(self.refetcher, events)
-            metrics.BATCHES_RELEASED.labels(agent="ingest").inc()
+        if self._released(events, "ingest"):
             return
         for user_key, (profile, event) in batch.profiles.items():
             with acting_for(event):
@@ -222,6 +220,14 @@ class Worker:
         else:
             batch.duplicates += 1
 
+    def _released(self, events: Sequence[EventT[bytes]], agent: str) -> bool:
+        """Release the batch, unpersisted, if a rebalance or recovery overlapped it."""
+        if not unsettled(self.app, events, self.recovered_generation):
+            return False
+        release(self.refetcher, events)
+        metrics.BATCHES_RELEASED.labels(agent=agent).inc()
+        return True
+
     def _process(
         self, batch: _Batch, user_key: bytes, event: Event, source: EventT[bytes]
     ) -> bool:
@@ -251,9 +257,7 @@ class Worker:
             writes = self.cooc_rows.apply_batch(
                 ((e.message.partition, e.value) for e in events), self.cooc_table.get
             )
-            if unsettled(self.app, events, self.recovered_generation):
-                release(self.refetcher, events)
-                metrics.BATCHES_RELEASED.labels(agent="cooc").inc()
+            if self._released(events, "cooc"):
                 continue
             for key, (partition, row) in writes.items():
                 with acting_for(by_partition[partition]):

@@ -1,15 +1,8 @@
 """Batched agents: how many events an agent takes at once, and table writes from a batch.
 
-Agents take events in batches (``stream.take_events``) so that per-message costs — pair
-messages, changelog writes, Redis round trips, producer flushes — are paid once per batch
-rather than once per event.
-
-A batch is acknowledged only once the loop body that handled it has returned, and a batch
-whose processing overlapped a rebalance is *released* instead (:func:`release`): its state
-is not written and its offsets are not committed, so its events are delivered again —
-from the committed offsets, to whichever worker owns their partitions now — and
-processed from state that the rebalance's recovery cannot have overwritten. (Without
-this, a rebalance test lost blocks of about seven events per partition.)
+Agents take events in batches so that per-message costs — pair messages, changelog
+writes, Redis round trips, waits for acknowledgements — are paid once per batch rather
+than once per event.
 
 A batch is acknowledged only once the loop body that handled it has returned. Faust's
 own ``take_events`` acknowledges a batch in a ``finally`` clause, that is also when the
@@ -17,6 +10,12 @@ body raised or was cancelled — a worker stopped mid-batch (a rebalance, a shut
 would then commit offsets of events it never finished, and they would be lost (seen:
 28 of 4,000 events in a rebalance test). :func:`batches` takes without acknowledging
 and acknowledges after the body.
+
+A batch whose processing overlapped a rebalance is *released* instead (:func:`release`):
+its state is not written and its offsets are not committed, so its events are delivered
+again — from the committed offsets, to whichever worker owns their partitions now — and
+processed from state that the rebalance's recovery cannot have overwritten. (Without
+this, a rebalance test lost blocks of about seven events per partition.)
 """
 
 from __future__ import annotations

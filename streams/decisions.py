@@ -275,10 +275,9 @@ class DecisionEngine:
     async def _publish(self, decision: Decision) -> None:
         record = orjson.dumps(decision.to_dict())
         ack = await self.push_topic.send(key=decision.user_id.encode(), value=record)
+        # The agent waits for this acknowledgement once per batch (take_sent); marking
+        # the push published in the limiter runs beside the stream, off the event path.
         self._sending(ack)
-        # Waiting for the broker here would stall the user's partition for a round trip;
-        # the confirmation runs beside the stream instead (Faust still flushes every send
-        # before it commits the triggering event's offset).
         task = asyncio.ensure_future(self._confirm(ack, decision))
         self._confirmations.add(task)
         task.add_done_callback(self._confirmations.discard)

@@ -289,8 +289,13 @@ def _same_weights(got: Profile, want: Profile) -> bool:
     )
 
 
+def series(metrics: dict[str, float], name: str) -> float:
+    """The sum of a metric over its labels."""
+    return sum(v for k, v in metrics.items() if k.split("{")[0] == name)
+
+
 def consumed(metrics: dict[str, float]) -> float:
-    return sum(v for k, v in metrics.items() if k.startswith("nudgestream_events_consumed_total{"))
+    return series(metrics, "nudgestream_events_consumed_total")
 
 
 async def wait_for(
@@ -772,14 +777,9 @@ async def test_a_worker_leaving_and_rejoining_hands_over_partitions_with_their_s
         leave_to_second_part_processed_s=round(handover_s, 1),
         duplicates_skipped_when_leaving=duplicates(after) - duplicates(before),
         duplicates_skipped_when_returning=duplicates(back.metrics()) + duplicates(stays.metrics()) - duplicates(after),
-        messages_fetched_again=sum(series(w.metrics(), "nudgestream_messages_refetched_total") for w in (stays, back)),
-        batches_released=sum(series(w.metrics(), "nudgestream_batches_released_total") for w in (stays, back)),
+        messages_fetched_again=int(sum(series(w.metrics(), "nudgestream_messages_refetched_total") for w in (stays, back))),
+        batches_released=int(sum(series(w.metrics(), "nudgestream_batches_released_total") for w in (stays, back))),
     )
-
-
-def series(metrics: dict[str, float], name: str) -> int:
-    """The sum of a metric over its labels."""
-    return int(sum(v for k, v in metrics.items() if k.split("{")[0] == name))
 
 
 def duplicates(metrics: dict[str, float]) -> int:
