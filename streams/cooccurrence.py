@@ -184,7 +184,10 @@ class PopularCache:
 
     The lists change only when related items are published (every ``FLUSH_INTERVAL_S``),
     yet every decision read and parsed them again: a tenth of a worker's CPU. The oldest
-    list is dropped first, so a long tail of categories cannot grow the cache.
+    list is dropped first, so a long tail of categories cannot grow the cache. A worker's
+    own publication clears it (:meth:`clear`), so only other workers' publications can
+    be up to ``ttl_s`` late — a decision never reads lists older than the ones its own
+    worker wrote (a reminder would otherwise see other items than the push before it).
     """
 
     def __init__(
@@ -207,6 +210,9 @@ class PopularCache:
         if cached.asked < n and len(cached.ranked) == cached.asked:
             return None  # the set may hold more than was read
         return cached.ranked
+
+    def clear(self) -> None:
+        self._lists.clear()
 
     def put(self, key: str, ranked: Ranked, asked: int) -> None:
         self._lists.pop(key, None)
@@ -289,6 +295,7 @@ class RelatedItemsStore:
             for category in set(item_categories.values()):
                 pipe.zremrangebyrank(self.popular_in_key(category), 0, -POPULAR_KEPT_PER_CATEGORY - 1)
             await pipe.execute()
+        self.popular_cache.clear()
         return len(rows)
 
     async def fetch_many(self, wanted: Sequence[Needs]) -> list[CandidateData]:

@@ -54,3 +54,10 @@ def test_the_oldest_list_is_dropped_first_and_a_refresh_makes_a_list_young() -> 
     assert popular.get("b", 3) is None
     assert popular.get("a", 3) == TOP3
     assert popular.get("c", 3) == TOP3
+
+
+def test_clearing_forgets_every_list() -> None:
+    popular = cache(Clock())
+    popular.put("k", TOP3, asked=3)
+    popular.clear()
+    assert popular.get("k", 3) is None
