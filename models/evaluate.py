@@ -33,7 +33,7 @@ both fill them from the same ``fallback`` list (:class:`Fallback`), so the compa
 of the two is a comparison of the tables. ``fallback_share`` says how many slots the
 fallback filled and ``hr@k_without_fallback`` counts only hits in the table's own slots.
 
-Run it: ``python -m models.evaluate --events FILE --json``.
+Run it: ``nudgestream evaluate --events FILE --json``.
 
 >>> from models.events import Event, EventType
 >>> log = [("u1", "a"), ("u1", "b"), ("u2", "c"), ("u2", "d"), ("u3", "c"), ("u3", "d"),
@@ -46,20 +46,17 @@ Run it: ``python -m models.evaluate --events FILE --json``.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
 from models.cooccurrence import blend_related
 from models.events import Event
-from models.logfile import BadRow, open_events
+from models.logfile import BadRow
 from models.profile import Profile
 from models.replay import Replay, ReplayConfig, ReplayStats
 
@@ -279,37 +276,3 @@ def _describe(config: EvalConfig) -> dict[str, Any]:
         orjson.dumps(asdict(config), default=str, option=orjson.OPT_NON_STR_KEYS)
     )
     return described
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m models.evaluate", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--events", type=Path, required=True, help="CSV event log")
-    parser.add_argument("--k", type=int, default=DEFAULT_K)
-    parser.add_argument(
-        "--fallback",
-        choices=[f.value for f in Fallback],
-        default=Fallback.OVERALL.value,
-        help="what fills the slots the item-to-item tables leave empty",
-    )
-    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
-    args = parser.parse_args(argv)
-    report = evaluate(
-        open_events(args.events), EvalConfig(k=args.k, fallback=Fallback(args.fallback))
-    )
-    if args.json:
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return 0
-    k = report["k"]
-    print(f"{report['targets']} next-distinct-item targets, {report['items']} items")
-    for name, values in report["recommenders"].items():
-        print(
-            f"{name:>19}: HR@{k} {values[f'hr@{k}']:.4f}  MRR@{k} {values[f'mrr@{k}']:.4f}"
-            f"  coverage {values['coverage']:.3f}"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

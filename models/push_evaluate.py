@@ -35,19 +35,14 @@ apply: the scorer judges against what users really did).
 
 from __future__ import annotations
 
-import argparse
 import bisect
-import sys
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
-import orjson
-
 from models.events import Event, EventType
-from models.logfile import BadRow, open_events
+from models.logfile import BadRow
 
 DEFAULT_HORIZON_S: Final = 24 * 3600.0
 #: The popularity baseline: trailing window, refresh period, list length.
@@ -260,31 +255,3 @@ def _unsent(audit: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
 
 def _share(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open("rb") as lines:
-        return [orjson.loads(line) for line in lines if line.strip()]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m models.push_evaluate", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--events", type=Path, required=True, help="CSV event log")
-    parser.add_argument("--decisions", type=Path, required=True, help="pushes (JSON lines)")
-    parser.add_argument("--audit", type=Path, help="unsent decisions (JSON lines)")
-    parser.add_argument("--horizon-h", type=float, default=DEFAULT_HORIZON_S / 3600.0)
-    args = parser.parse_args(argv)
-    report = evaluate_pushes(
-        open_events(args.events),
-        read_jsonl(args.decisions),
-        read_jsonl(args.audit) if args.audit else (),
-        horizon_s=args.horizon_h * 3600.0,
-    )
-    sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -42,17 +42,12 @@ is when it is sent.
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import itertools
 import math
-import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
-from datetime import time
-from pathlib import Path
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import IO, Any, Final
 
 import orjson
@@ -60,7 +55,7 @@ import orjson
 from models.events import Event
 from models.features import FeatureConfig, profile_vector, should_sample
 from models.limits import LimitConfig, Limiter, Verdict
-from models.logfile import BadRow, open_events
+from models.logfile import BadRow
 from models.policy import (
     HOLDOUT,
     QUIET_HOURS,
@@ -374,36 +369,3 @@ def replay_pushes(
     push_replay = PushReplay(config, write)
     stats = push_replay.run(records, progress)
     return {"decisions": stats.to_dict(), "replay": push_replay.replay.stats.to_dict()}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m models.push_replay", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--events", type=Path, required=True, help="CSV event log")
-    parser.add_argument("--decisions-out", type=Path, help="pushes, one JSON object per line")
-    parser.add_argument("--audit-out", type=Path, help="unsent decisions, one JSON object per line")
-    parser.add_argument("--tz", help="zone of users whose events carry none (default UTC)")
-    parser.add_argument(
-        "--no-quiet-hours", action="store_true", help="send at decision time, day and night"
-    )
-    args = parser.parse_args(argv)
-    limits = LimitConfig()
-    if args.tz:
-        limits = replace(limits, default_tz=args.tz)
-    if args.no_quiet_hours:
-        limits = replace(limits, quiet_start=time(0), quiet_end=time(0))
-    with _open(args.decisions_out) as decisions, _open(args.audit_out) as audit:
-        summary = replay_pushes(
-            open_events(args.events), decisions, audit, PushReplayConfig(limits=limits)
-        )
-    sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0
-
-
-def _open(path: Path | None) -> AbstractContextManager[IO[bytes] | None]:
-    return path.open("wb") if path is not None else nullcontext()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
         "run a stream-processing worker (Faust); serves /metrics, /healthz, /readyz",
     )
 
+    segments = _command(commands, "segments", _segments,
+                        "the current interest segments: label, size, top categories, quality")
+    segments.add_argument("--json", action="store_true", help="print JSON")
+
     from streams.offline import add_evaluate_arguments, add_replay_arguments
 
     replay = _command(commands, "replay", _replay,

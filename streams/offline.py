@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import orjson
 
-from models.evaluate import EvalConfig, evaluate
+from models.evaluate import DEFAULT_K, EvalConfig, Fallback, evaluate
 from models.logfile import open_events
 from models.push_evaluate import evaluate_pushes
 from models.push_replay import PushReplayConfig, replay_pushes
@@ -42,6 +42,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--audit", type=Path, help="with --decisions: the unsent decisions (JSON lines)")
     parser.add_argument("--horizon-h", type=float, default=24.0, help="push precision horizon (h)")
+    parser.add_argument("--k", type=int, default=DEFAULT_K, help="next-item list length (HR@k, MRR@k)")
+    parser.add_argument(
+        "--fallback", choices=[f.value for f in Fallback], default=Fallback.OVERALL.value,
+        help="what fills the next-item slots the item-to-item tables leave empty",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_policy_overrides(parser)
 
@@ -101,7 +106,9 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     progress = Progress()
-    next_item = evaluate(open_events(args.events), EvalConfig(), progress)
+    next_item = evaluate(
+        open_events(args.events), EvalConfig(k=args.k, fallback=Fallback(args.fallback)), progress
+    )
     pushes, unsent = _decisions(args, settings, progress)
     progress.done()
     push_report = evaluate_pushes(open_events(args.events), pushes, unsent, args.horizon_h * 3600.0)

@@ -340,6 +340,7 @@ def _start_kafka(services: LocalServices, say: Say) -> None:
             capture_output=True,
             text=True,
             check=False,
+            env=_real_clock_env(),
         )
         if result.returncode != 0:
             raise ServiceError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
@@ -374,10 +375,21 @@ def _wait_for_kafka(services: LocalServices, timeout_s: float) -> None:
 # --- processes -------------------------------------------------------------------------
 
 
+#: Variables of libfaketime (the suite's any-hour check fakes the test process's clock).
+_FAKE_CLOCK_VARIABLES = ("LD_PRELOAD", "FAKETIME", "FAKETIME_NO_CACHE", "DONT_FAKE_MONOTONIC")
+
+
+def _real_clock_env() -> dict[str, str]:
+    """The environment without a faked clock: a JVM or redis-server started under
+    libfaketime hangs or misbehaves, and a broker's clock must be the machine's anyway."""
+    return {k: v for k, v in os.environ.items() if k not in _FAKE_CLOCK_VARIABLES}
+
+
 def _spawn(name: str, command: list[str], services: LocalServices) -> None:
     log = services.log_file(name).open("ab")
     process = subprocess.Popen(
         command,
+        env=_real_clock_env(),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

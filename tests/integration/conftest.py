@@ -274,6 +274,9 @@ def deployment(
         "NUDGESTREAM_TOPIC_PREFIX": f"it-{tag}.",
         "NUDGESTREAM_PARTITIONS": "4",
         "NUDGESTREAM_LOG_LEVEL": "info",
+        # Workers decide with real clocks; the default quiet hours (22:00-08:00) would make a
+        # test's pushes depend on the hour the suite runs at. Tests of quiet hours set them.
+        "NUDGESTREAM_QUIET_HOURS": "off",
     }
     deployment = Deployment(env, tmp_path_factory.mktemp(f"deploy-{tag}"))
     asyncio.run(create_topics(deployment.settings))

@@ -14,6 +14,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import time as dt_time
 
 import faust
 import pytest
@@ -23,7 +24,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import AuthenticationError
 
 from models.events import Event, EventType
-from models.limits import LimitRequest, SuppressReason
+from models.limits import LimitConfig, LimitRequest, SuppressReason
 from streams import services
 from streams.app import _credentials, redis_client
 from streams.limiter import LimiterUnavailableError, RedisLimiter
@@ -40,6 +41,8 @@ from tests.integration.test_reliability import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CLIENT_USER = "nudgestream"
+#: The limiter checks below are about credentials, not the time of day they run at.
+ANY_HOUR = LimitConfig(quiet_start=dt_time(0), quiet_end=dt_time(0))
 
 
 class Secrets:
@@ -130,13 +133,13 @@ async def test_redis_clients_work_with_the_password_and_say_why_they_fail_withou
     await client.aclose()
 
     prefix = f"security-{uuid.uuid4().hex}:"
-    limiter = RedisLimiter(settings.redis_url, prefix=prefix)
+    limiter = RedisLimiter(settings.redis_url, ANY_HOUR, prefix=prefix)
     try:
         assert (await limiter.check(LimitRequest("d1", "u1", time.time()))).allowed
         await limiter.forget_user("u1")
     finally:
         await limiter.aclose()
-    limiter = RedisLimiter(anonymous.redis_url, prefix=prefix)
+    limiter = RedisLimiter(anonymous.redis_url, ANY_HOUR, prefix=prefix)
     try:
         refused = await limiter.check(LimitRequest("d2", "u2", time.time()))
         assert refused.reason is SuppressReason.LIMITER_UNAVAILABLE

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -79,3 +83,27 @@ async def test_two_workers_in_one_group_assign_the_same_segment(deployment: Depl
         assert len(answers) == 1, answers
         assigned |= answers
     assert len(assigned) >= 2, "the generated users have several latent interests"
+
+    # ... and `nudgestream segments` shows the operator the same model.
+    shown = nudgestream(deployment, "segments", "--json")
+    assert shown["version"] >= current.version and shown["k"] == len(shown["segments"])
+    assert {"silhouette", "calinski_harabasz", "davies_bouldin"} <= set(shown["scores"])
+    table = nudgestream_text(deployment, "segments")
+    assert "silhouette" in table and "Davies-Bouldin" in table
+    for segment in shown["segments"]:
+        assert segment["label"] in table and 0 <= segment["share"] <= 1
+
+
+def nudgestream_text(deployment: Deployment, *args: str) -> str:
+    """Run the console script as an operator would, against the deployment's settings."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args], env={**os.environ, **deployment.env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def nudgestream(deployment: Deployment, *args: str) -> dict[str, Any]:
+    shown: dict[str, Any] = json.loads(nudgestream_text(deployment, *args))
+    return shown

@@ -34,3 +34,20 @@ def test_replay_decisions_and_evaluate_agree_with_the_reference_scorer(
     for key in ("decisions", "pushed_new", "precision_new", "baseline_precision_new", "coview_precision_new"):
         assert push[key] == reference[key], key
     assert report["next_item"]["recommenders"]["cooccurrence"]["hr@10"] > 0
+
+
+def test_evaluate_takes_the_next_item_list_length_and_fallback(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = (shared_data / "rees46-3h-dev.csv").read_text().splitlines()[:3000]
+    log = tmp_path / "head.csv"
+    log.write_text("\n".join(lines) + "\n")
+    reports = {}
+    for fallback in ("overall", "category"):
+        args = ["evaluate", "--events", str(log), "--k", "5", "--fallback", fallback, "--json"]
+        assert main(args) == 0
+        reports[fallback] = json.loads(capsys.readouterr().out)["next_item"]
+    assert all(report["k"] == 5 for report in reports.values())
+    assert "hr@5" in reports["overall"]["recommenders"]["cooccurrence"]
+    assert reports["overall"]["config"]["fallback"] == "overall"
+    assert reports["category"]["config"]["fallback"] == "category"
