@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what nudgestream needs on a Debian/Ubuntu machine, idempotently:
 #   system: Java 17 (runs Kafka), Maven (fetches Kafka's jars once), redis-server,
-#           and with --test also prometheus (promtool and a real Prometheus for tests);
+#           and with --test also prometheus (promtool and a real Prometheus for tests)
+#           and faketime (the suite's any-hour check);
 #   Python: a virtualenv in .venv with nudgestream installed (editable), plus test extras.
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (it skips what is done).
 set -euo pipefail
@@ -19,6 +20,7 @@ command -v mvn >/dev/null 2>&1 || [[ -f "${NUDGESTREAM_CACHE_DIR:-$HOME/.cache/n
 command -v redis-server >/dev/null 2>&1 || [[ -x /usr/bin/redis-server ]] || need_apt+=(redis-server)
 if [[ $WANT_TEST == 1 ]]; then
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+  command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 fi
 if ((${#need_apt[@]})); then
   say "installing system packages: ${need_apt[*]}"

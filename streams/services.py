@@ -340,7 +340,7 @@ def _start_kafka(services: LocalServices, say: Say) -> None:
             capture_output=True,
             text=True,
             check=False,
-            env=_real_clock_env(),
+            env=real_clock_env(),
         )
         if result.returncode != 0:
             raise ServiceError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
@@ -376,10 +376,10 @@ def _wait_for_kafka(services: LocalServices, timeout_s: float) -> None:
 
 
 #: Variables of libfaketime (the suite's any-hour check fakes the test process's clock).
-_FAKE_CLOCK_VARIABLES = ("LD_PRELOAD", "FAKETIME", "FAKETIME_NO_CACHE", "DONT_FAKE_MONOTONIC")
+_FAKE_CLOCK_VARIABLES = ("LD_PRELOAD", "FAKETIME", "FAKETIME_NO_CACHE", "FAKETIME_DONT_FAKE_MONOTONIC")
 
 
-def _real_clock_env() -> dict[str, str]:
+def real_clock_env() -> dict[str, str]:
     """The environment without a faked clock: a JVM or redis-server started under
     libfaketime hangs or misbehaves, and a broker's clock must be the machine's anyway."""
     return {k: v for k, v in os.environ.items() if k not in _FAKE_CLOCK_VARIABLES}
@@ -389,7 +389,7 @@ def _spawn(name: str, command: list[str], services: LocalServices) -> None:
     log = services.log_file(name).open("ab")
     process = subprocess.Popen(
         command,
-        env=_real_clock_env(),
+        env=real_clock_env(),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -231,7 +231,7 @@ class ThrowawayRedis:
         self.process = subprocess.Popen(
             [services.redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=services.real_clock_env(),
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

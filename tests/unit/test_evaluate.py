@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from models.evaluate import CoviewBaseline, EvalConfig, Fallback, evaluate, main
+from models.evaluate import CoviewBaseline, EvalConfig, Fallback, evaluate
 from models.events import Event, EventType
 from models.logfile import open_events
+from streams.cli import main
 
 
 def log(*pairs: tuple[str, str]) -> list[Event]:
@@ -95,8 +96,8 @@ def test_the_report_is_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "ts,user_id,event,item_id,category,price\n"
         "1,u1,view,a,c,\n2,u1,view,b,c,\nbroken,u1,view,a,,\n3,u2,view,a,c,\n4,u2,buy,b,c,9.5\n"
     )
-    assert main(["--events", str(csv), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--events", str(csv), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["next_item"]
     assert report["replay"]["bad_rows"] == 1
     assert set(report["recommenders"]) == {
         "cooccurrence",

@@ -62,3 +62,17 @@ def test_the_worker_command_fails_fast_on_bad_configuration(monkeypatch: pytest.
 def test_the_redis_password_is_redacted_too() -> None:
     settings = load({"NUDGESTREAM_REDIS_URL": "redis://app:s3cret@redis:6379/0"})
     assert settings.redacted()["redis_url"] == "redis://app:***@redis:6379/0"
+
+
+def test_local_services_start_with_the_machines_clock_even_under_faketime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A JVM or redis-server under libfaketime misbehaves: only the test process is faked."""
+    from streams.services import real_clock_env
+
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+    monkeypatch.setenv("FAKETIME", "@2026-12-02 23:30:00")
+    monkeypatch.setenv("NUDGESTREAM_LOCAL_REDIS_PORT", "16379")
+    env = real_clock_env()
+    assert "LD_PRELOAD" not in env and "FAKETIME" not in env
+    assert env["NUDGESTREAM_LOCAL_REDIS_PORT"] == "16379"
