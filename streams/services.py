@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from streams.settings import load_local_services
+
 KAFKA_VERSION = "3.9.1"
 _POM = Path(__file__).with_name("kafka") / "pom.xml"
 
@@ -56,13 +58,15 @@ class LocalServices:
 
     @classmethod
     def from_env(cls) -> LocalServices:
-        env = os.environ
+        """From ``NUDGESTREAM_SERVICES_DIR``, ``NUDGESTREAM_LOCAL_*_PORT`` and
+        ``NUDGESTREAM_CACHE_DIR`` (listed by ``nudgestream config``)."""
+        local = load_local_services()
         return cls(
-            state_dir=Path(env.get("NUDGESTREAM_SERVICES_DIR", ".nudgestream")).resolve(),
-            kafka_port=int(env.get("NUDGESTREAM_LOCAL_KAFKA_PORT", "19092")),
-            controller_port=int(env.get("NUDGESTREAM_LOCAL_CONTROLLER_PORT", "19093")),
-            redis_port=int(env.get("NUDGESTREAM_LOCAL_REDIS_PORT", "16379")),
-            cache_dir=Path(env.get("NUDGESTREAM_CACHE_DIR", str(cls.cache_dir))),
+            state_dir=local.services_dir,
+            kafka_port=local.kafka_port,
+            controller_port=local.controller_port,
+            redis_port=local.redis_port,
+            cache_dir=local.cache_dir,
         )
 
     @property

@@ -164,9 +164,59 @@ def _redact_url(url: str) -> str:
     return f"{scheme}{sep}{user}{':***' if colon else ''}@{host}"
 
 
+@dataclass(frozen=True)
+class RawLocalServices:
+    """Where ``nudgestream services`` keeps and serves the development Kafka and Redis."""
+
+    services_dir: str = _env("SERVICES_DIR", ".nudgestream", "state folder of the local services")
+    cache_dir: str = _env(
+        "CACHE_DIR", str(Path.home() / ".cache" / "nudgestream"), "download cache (Kafka's jars)"
+    )
+    local_kafka_port: str = _env("LOCAL_KAFKA_PORT", "19092", "port of the local Kafka broker (1-65535)")
+    local_controller_port: str = _env(
+        "LOCAL_CONTROLLER_PORT", "19093", "port of the local KRaft controller (1-65535)"
+    )
+    local_redis_port: str = _env("LOCAL_REDIS_PORT", "16379", "port of the local Redis server (1-65535)")
+    #: Read by the test suite only (tests/conftest.py): real logs are never copied in.
+    shared_data: str = _env(
+        "SHARED_DATA", "../shared/data", "real public event logs for tests (beside the checkout)"
+    )
+
+
+@dataclass(frozen=True)
+class LocalServiceSettings:
+    """The parsed form of :class:`RawLocalServices`."""
+
+    services_dir: Path
+    cache_dir: Path
+    kafka_port: int
+    controller_port: int
+    redis_port: int
+
+
+def load_local_services(environ: Mapping[str, str] | None = None) -> LocalServiceSettings:
+    """Parse the local services' settings (``nudgestream services``, tests, the demo)."""
+    environ = os.environ if environ is None else environ
+    raw = RawLocalServices(
+        **{f.name: environ.get(f.metadata["env"], str(f.default)) for f in fields(RawLocalServices)}
+    )
+    port = _int_between(1, 65535)
+    return LocalServiceSettings(
+        services_dir=Path(raw.services_dir).resolve(),
+        cache_dir=Path(raw.cache_dir),
+        kafka_port=_parse("LOCAL_KAFKA_PORT", raw.local_kafka_port, port),
+        controller_port=_parse("LOCAL_CONTROLLER_PORT", raw.local_controller_port, port),
+        redis_port=_parse("LOCAL_REDIS_PORT", raw.local_redis_port, port),
+    )
+
+
 def describe() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting, for ``--help`` and the docs."""
-    return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(RawSettings)]
+    return [
+        (f.metadata["env"], str(f.default), f.metadata["doc"])
+        for raw in (RawSettings, RawLocalServices)
+        for f in fields(raw)
+    ]
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -283,9 +333,7 @@ def _parse(name: str, text: str, parser: Callable[[str], T]) -> T:
     try:
         return parser(text)
     except (ValueError, TypeError) as exc:
-        meaning = next(
-            f.metadata["doc"] for f in fields(RawSettings) if f.metadata["env"] == PREFIX + name
-        )
+        meaning = next(doc for env, _, doc in describe() if env == PREFIX + name)
         raise ConfigError(
             f"{PREFIX}{name}={text!r} is invalid: {exc}; expected {meaning}"
         ) from None

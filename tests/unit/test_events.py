@@ -61,6 +61,13 @@ def test_bytes_that_are_not_an_event_object_are_rejected(raw: bytes, reason: Rej
     assert isinstance(result, Rejection) and result.reason is reason and result.detail
 
 
+def test_text_that_is_not_utf8_is_rejected_naming_the_byte_and_its_offset() -> None:
+    result = decode_event(b'{"user_id": "caf\xe9 au lait"}', now=NOW)
+    assert isinstance(result, Rejection) and result.reason is RejectReason.NOT_UTF8
+    assert "byte 0xe9 at offset 16" in result.detail and "UTF-8" in result.detail
+    assert "surrogate" not in result.detail and "line 1 column" not in result.detail
+
+
 def test_deeply_nested_json_is_rejected_without_recursion_errors() -> None:
     raw = b'{"x":' * 2000 + b"1" + b"}" * 2000
     result = decode_event(raw, now=NOW, max_bytes=1 << 20)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from streams.settings import ConfigError, describe, load
+from streams.settings import ConfigError, describe, load, load_local_services
+from tests.conftest import PROJECT_ROOT
 
 
 def test_defaults_parse_and_point_at_the_local_services() -> None:
@@ -76,3 +79,24 @@ def test_local_services_start_with_the_machines_clock_even_under_faketime(
     env = real_clock_env()
     assert "LD_PRELOAD" not in env and "FAKETIME" not in env
     assert env["NUDGESTREAM_LOCAL_REDIS_PORT"] == "16379"
+
+
+def test_config_lists_every_variable_the_code_reads() -> None:
+    """One settings source: no NUDGESTREAM_* variable is known only to the docs or a script."""
+    pattern = re.compile(r"NUDGESTREAM_[A-Z0-9_]*[A-Z0-9]\b")
+    sources = [PROJECT_ROOT / "README.md", *(PROJECT_ROOT / "docs").glob("*.md")] + [
+        path
+        for folder in ("streams", "load", "models", "scripts")
+        for path in (PROJECT_ROOT / folder).rglob("*")
+        if path.suffix in {".py", ".sh"}
+    ]
+    read = {name for path in sources for name in pattern.findall(path.read_text())}
+    listed = {variable for variable, _, _ in describe()}
+    assert {"NUDGESTREAM_LOCAL_KAFKA_PORT", "NUDGESTREAM_SERVICES_DIR"} <= read
+    assert read <= listed, sorted(read - listed)
+
+
+def test_a_bad_local_port_stops_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="NUDGESTREAM_LOCAL_REDIS_PORT='sixteen'"):
+        load_local_services({"NUDGESTREAM_LOCAL_REDIS_PORT": "sixteen"})
+    assert load_local_services({"NUDGESTREAM_LOCAL_KAFKA_PORT": "29092"}).kafka_port == 29092
