@@ -108,7 +108,7 @@ def decision(decision_id: str, user_id: str, *, expires_in: float = 600.0) -> di
     now = time.time()
     return {
         "schema": 1, "decision_id": decision_id, "user_id": user_id,
-        "items": [{"item_id": "sku-1", "score": 2.0}], "trigger": "related_after_view",
+        "items": [{"item_id": "sku-1", "score": 2.0}], "trigger": "browse_interest",
         "segment": 1, "explanation": "often bought with sku-0", "event_ts": now - 1.0,
         "decided_at": now - 0.5, "expires_at": now + expires_in,
     }

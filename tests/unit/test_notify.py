@@ -32,7 +32,7 @@ NOW = 1_700_000_000.0
 def decision(decision_id: str, *, expires_in: float = 600.0, decided_ago: float = 2.0) -> dict[str, Any]:
     return {
         "schema": 1, "decision_id": decision_id, "user_id": "u-1",
-        "items": [{"item_id": "sku-1", "score": 1.0}], "trigger": "related_after_view",
+        "items": [{"item_id": "sku-1", "score": 1.0}], "trigger": "browse_interest",
         "segment": None, "explanation": "x", "event_ts": NOW - decided_ago - 0.1,
         "decided_at": NOW - decided_ago, "expires_at": NOW + expires_in,
     }

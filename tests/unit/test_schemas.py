@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import jsonschema
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from referencing import Registry, Resource
 
 from models.events import EventType, Rejection, RejectReason
+from models.policy import Outcome, TriggerKind
 from streams.client import InvalidEvent, MessageBuilder
 from streams.codecs import dlq_record
 from streams.notify import parse_decision
@@ -222,3 +224,30 @@ def test_the_topics_document_states_the_partitions_retention_and_cleanup_really_
         assert tuple(rows[spec.name][3:6]) == _documented(spec), spec.name
     for table in ("profiles", "cooc"):
         assert rows[f"<app_id>-{table}-changelog"][3:6] == ["app", "latest per key", "compact"]
+
+
+def documented_records() -> list[dict[str, Any]]:
+    """Every JSON example of a decision or audit record in docs/TOPICS.md."""
+    blocks = re.findall(r"```json\n(.*?)```", (PROJECT_ROOT / "docs" / "TOPICS.md").read_text(), re.S)
+    records = [json.loads(block) for block in blocks]
+    return [r for r in records if isinstance(r, dict) and "decision_id" in r]
+
+
+def test_the_topics_document_shows_decisions_and_audit_records() -> None:
+    kinds = {"audit" if "outcome" in r else "decision" for r in documented_records()}
+    assert kinds == {"decision", "audit"}
+
+
+@pytest.mark.parametrize("record", documented_records(), ids=lambda r: str(r["decision_id"]))
+def test_every_documented_record_validates_against_its_schema(record: dict[str, Any]) -> None:
+    validator("audit.v1.json" if "outcome" in record else "decision.v1.json").validate(record)
+
+
+def test_the_decision_and_audit_enums_are_the_codes() -> None:
+    """Examples and contracts name the triggers and outcomes the worker really emits."""
+    trigger = SCHEMAS["decision.v1.json"]["properties"]["trigger"]["enum"]
+    outcome = SCHEMAS["audit.v1.json"]["properties"]["outcome"]["enum"]
+    assert sorted(trigger) == sorted(kind.value for kind in TriggerKind)
+    assert sorted(outcome) == sorted(o.value for o in Outcome)
+    examples = SCHEMAS["decision.v1.json"]["examples"] + SCHEMAS["audit.v1.json"]["examples"]
+    assert {e["trigger"] for e in examples} == set(trigger), "an example of every trigger"
