@@ -21,9 +21,20 @@ def run_worker(settings: Settings) -> int:
         # Faust's spinner and colour codes garble logs collected by containers.
         quiet=True,
     )
-    # Client libraries log message contents and SASL exchanges at DEBUG: never below INFO,
-    # whatever the worker's level, so no secret or raw user id reaches the logs.
-    for name in ("aiokafka", "faust", "mode", "kafka"):
-        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
+    quiet_client_loggers()
     faust_worker.execute_from_commandline()  # returns only through SystemExit
     return 0
+
+
+#: Loggers that repeat themselves at INFO in normal operation: aiokafka logs the whole
+#: subscription (drawn as a table by Faust) every time Faust updates it, many times a start.
+_REPETITIVE_LOGGERS = ("aiokafka.consumer.subscription_state",)
+
+
+def quiet_client_loggers() -> None:
+    """Client libraries log message contents and SASL exchanges at DEBUG: never below INFO,
+    whatever the worker's level, so no secret or raw user id reaches the logs."""
+    for name in ("aiokafka", "faust", "mode", "kafka"):
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
+    for name in _REPETITIVE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
