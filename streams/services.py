@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from streams.settings import load_local_services
+from streams.settings import DEFAULT_CACHE_DIR, load_local_services
 
 KAFKA_VERSION = "3.9.1"
 _POM = Path(__file__).with_name("kafka") / "pom.xml"
@@ -47,7 +47,7 @@ class LocalServices:
     kafka_port: int = 19092
     controller_port: int = 19093
     redis_port: int = 16379
-    cache_dir: Path = Path.home() / ".cache" / "nudgestream"
+    cache_dir: Path = DEFAULT_CACHE_DIR
     kafka_heap: str = "768m"
     #: (user, password) pairs: when given, the client listener is SASL_PLAINTEXT with the
     #: PLAIN mechanism and these users (the first one is also the broker's own identity);

@@ -21,6 +21,7 @@ from models.policy import PolicyConfig, TriggerKind
 from streams.topics import Topics
 
 PREFIX = "NUDGESTREAM_"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "nudgestream"
 T = TypeVar("T")
 
 
@@ -170,7 +171,7 @@ class RawLocalServices:
 
     services_dir: str = _env("SERVICES_DIR", ".nudgestream", "state folder of the local services")
     cache_dir: str = _env(
-        "CACHE_DIR", str(Path.home() / ".cache" / "nudgestream"), "download cache (Kafka's jars)"
+        "CACHE_DIR", str(DEFAULT_CACHE_DIR), "download cache (Kafka's jars)"
     )
     local_kafka_port: str = _env("LOCAL_KAFKA_PORT", "19092", "port of the local Kafka broker (1-65535)")
     local_controller_port: str = _env(
@@ -197,9 +198,7 @@ class LocalServiceSettings:
 def load_local_services(environ: Mapping[str, str] | None = None) -> LocalServiceSettings:
     """Parse the local services' settings (``nudgestream services``, tests, the demo)."""
     environ = os.environ if environ is None else environ
-    raw = RawLocalServices(
-        **{f.name: environ.get(f.metadata["env"], str(f.default)) for f in fields(RawLocalServices)}
-    )
+    raw = _raw(RawLocalServices, environ)
     port = _int_between(1, 65535)
     return LocalServiceSettings(
         services_dir=Path(raw.services_dir).resolve(),
@@ -207,6 +206,13 @@ def load_local_services(environ: Mapping[str, str] | None = None) -> LocalServic
         kafka_port=_parse("LOCAL_KAFKA_PORT", raw.local_kafka_port, port),
         controller_port=_parse("LOCAL_CONTROLLER_PORT", raw.local_controller_port, port),
         redis_port=_parse("LOCAL_REDIS_PORT", raw.local_redis_port, port),
+    )
+
+
+def _raw(declared: type[T], environ: Mapping[str, str]) -> T:
+    """The declared settings as strings: each from its variable, or its default."""
+    return declared(
+        **{f.name: environ.get(f.metadata["env"], str(f.default)) for f in fields(declared)}  # type: ignore[arg-type]
     )
 
 
@@ -222,10 +228,7 @@ def describe() -> list[tuple[str, str, str]]:
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Parse settings from ``environ`` (default: the process environment)."""
     environ = os.environ if environ is None else environ
-    values: dict[str, str] = {
-        f.name: environ.get(f.metadata["env"], str(f.default)) for f in fields(RawSettings)
-    }
-    raw = RawSettings(**values)
+    raw = _raw(RawSettings, environ)
     return Settings(
         kafka_bootstrap=_parse("KAFKA_BOOTSTRAP", raw.kafka_bootstrap, _hostports),
         kafka_security_protocol=_choice(
