@@ -128,6 +128,8 @@ class Worker:
         self.app.task(self.segments.run)
         self._every(SNAPSHOT_INTERVAL_S, self._publish_segments)
         self._every(5.0, self._refresh_gauges)
+        # As often as Faust commits: the lag gauge follows each commit within one interval.
+        self._every(self.app.conf.broker_commit_interval, self._refresh_lag)
         self._every(30.0, self._refresh_segment_gauges)
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
@@ -374,6 +376,13 @@ class Worker:
         metrics.PROFILES.set(len(self.profiles))
         metrics.COOC_ROWS.set(len(self.cooc_table))
         await self._check_redis()
+
+    async def _refresh_lag(self) -> None:
+        """Messages past the committed offsets, by event topic.
+
+        A timer of its own: the table sizes above are counted key by key in RocksDB, and
+        a slow or failing count must not leave an old lag on display.
+        """
         consumer = self.app.consumer
         # Start from zero so partitions lost in a rebalance stop counting here.
         lag: dict[str, int] = dict.fromkeys(self.topics.events.values(), 0)

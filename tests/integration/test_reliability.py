@@ -821,3 +821,58 @@ async def test_a_crash_right_after_a_burst_does_not_count_the_burst_twice(
     found = Profile.from_bytes(latest[b"hot-user"] or b"")
     assert found.events == BURST + 1
     assert state_of(found) == offline([*burst, last]).profiles["hot-user"]
+
+
+#: Events a restarted worker finds already applied (and must skip) after a kill -9.
+REPLAYED_EVENTS = 5_000
+#: Faust's default commit interval; the lag gauge is refreshed as often.
+COMMIT_INTERVAL_S = 2.8
+
+
+async def committed_lag(deployment: Deployment, topic: str) -> int:
+    ends, committed = await end_and_committed(deployment, topic)
+    return sum(ends[p] - committed[p] for p in ends)
+
+
+async def test_after_a_kill_replayed_duplicates_are_committed_at_once_and_the_lag_gauge_follows(
+    fresh: Deployment,
+) -> None:
+    """A restarted worker that finds every event applied catches up in a few commits.
+
+    The first worker applies every event but commits none (a long commit interval) and is
+    killed: its successor replays them all and skips them as duplicates. Skipping is
+    quick, so the group's committed lag must reach 0 within a few commit intervals of the
+    worker being ready, and the lag gauge must follow it within two more. (Before the fix
+    the replay crawled: the pair messages replayed with the events rewrote every row they
+    touched, and Faust held every stream back while those writes filled its producer.)
+    """
+    events = synthetic_stream(REPLAYED_EVENTS, users=500, seed=13, views_only=True)
+    expected = offline(events)
+    topic = fresh.settings.topics.event(EventType.VIEW)
+    first = fresh.start_worker(**FAST_FAILOVER, BROKER_COMMIT_INTERVAL="600")
+    first.wait_ready()
+    await send(fresh, events)
+    await profiles_in_changelog(fresh, {u: p.events for u, p in expected.profiles.items()})
+    assert await committed_lag(fresh, topic) > REPLAYED_EVENTS // 2  # most of it is replayed
+    first.kill()
+    second = restart(fresh, first, **FAST_FAILOVER)
+    second.wait_ready(timeout_s=120)
+    ready = time.monotonic()
+    gauge_name = f'nudgestream_consumer_lag_messages{{topic="{topic}"}}'
+    timeline: list[tuple[float, int, float]] = []  # (s after ready, committed lag, gauge)
+
+    async def look_until(done: Callable[[int, float], bool], bound_s: float) -> None:
+        while time.monotonic() - ready < bound_s:
+            lag, gauge = await committed_lag(fresh, topic), second.metrics().get(gauge_name, math.nan)
+            timeline.append((round(time.monotonic() - ready, 1), lag, gauge))
+            if done(lag, gauge):
+                return
+            await asyncio.sleep(0.3)
+
+    await look_until(lambda lag, gauge: lag == 0, bound_s=4 * COMMIT_INTERVAL_S)
+    committed_s = timeline[-1][0]
+    await look_until(lambda lag, gauge: gauge == 0, bound_s=committed_s + 2 * COMMIT_INTERVAL_S)
+    report("restart after kill -9, every event applied", committed_after_s=committed_s, timeline=timeline)
+    assert timeline[-1][1] == 0, f"committed lag {4 * COMMIT_INTERVAL_S:.0f}s after ready: {timeline}"
+    assert timeline[-1][2] == 0, f"the lag gauge did not follow the committed offsets: {timeline}"
+    assert duplicates(second.metrics()) >= REPLAYED_EVENTS // 2
