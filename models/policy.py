@@ -65,9 +65,15 @@ from models.profile import UNKNOWN_CATEGORY, Profile
 from models.segments import Segment
 
 SCHEMA_VERSION: Final = 1
+#: ``schemas/audit.v2.json``: schema 2 added the outcome ``no_candidates`` (empty items).
+AUDIT_SCHEMA_VERSION: Final = 2
 #: The audit reason of a decision deferred by the user's quiet hours.
 QUIET_HOURS: Final = "quiet_hours"
 HOLDOUT: Final = "holdout"
+NO_CANDIDATES: Final = "no_candidates"
+#: The explanations of the popularity fallbacks (no related or category items).
+POPULAR_NOW: Final = "popular right now"
+POPULAR_LIKE_YOU: Final = "popular with shoppers like you in"
 _VERBS: Final = {EventType.VIEW: "viewed", EventType.CLICK: "clicked", EventType.BUY: "bought"}
 
 
@@ -88,6 +94,8 @@ class Outcome(StrEnum):
     SUPPRESSED = "suppressed"
     HOLDOUT = "holdout"
     DEFERRED = "deferred"
+    #: A trigger that found nothing to recommend (cold start): audited with no items.
+    NO_CANDIDATES = "no_candidates"
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,8 +253,8 @@ class Decision:
         }
 
     def to_audit_dict(self, outcome: Outcome, reason: str) -> dict[str, Any]:
-        """The ``schemas/audit.v1.json`` form: a decision that was not pushed, and why."""
-        return {**self.to_dict(), "outcome": outcome.value, "reason": reason}
+        """The ``schemas/audit.v2.json`` form: a decision that was not pushed, and why."""
+        return {**self.to_dict(), "schema": AUDIT_SCHEMA_VERSION, "outcome": outcome.value, "reason": reason}
 
     def limit_request(self, tz: str | None) -> LimitRequest:
         """The rate-limit check of this decision for a user in zone ``tz``."""
@@ -494,20 +502,51 @@ def decide(
                 pool.add_popular(
                     data.popular_by_category.get(key, ()),
                     share,
-                    f"popular with shoppers like you in {key}",
+                    f"{POPULAR_LIKE_YOU} {key}",
                 )
         if not pool.items:
-            pool.add_popular(data.popular, 1.0, "popular right now")
+            pool.add_popular(data.popular, 1.0, POPULAR_NOW)
     chosen = _best(pool, config)
     if not chosen:
         return None
+    items = tuple((item, candidate.score) for item, candidate in chosen)
+    return _decision(trigger, items, segment, _explain(chosen), now, expires_at)
+
+
+def without_candidates(
+    trigger: Trigger, segment: int | None, now: float, config: PolicyConfig
+) -> Decision | None:
+    """The audit form (no items) of a trigger :func:`decide` found nothing for.
+
+    None once the trigger has expired: then nothing was looked for.
+    """
+    expires_at = trigger.event_ts + config.expiry_s
+    if now >= expires_at:
+        return None
+    return _decision(trigger, (), segment, NOTHING_TO_RECOMMEND, now, expires_at)
+
+
+NOTHING_TO_RECOMMEND: Final = "no related, category or popular items yet"
+
+
+def is_popularity_fallback(explanation: str) -> bool:
+    """Whether a decision's explanation (:func:`_explain`) names only the fallbacks:
+    popular lists, because the user's items had no related ones nor categories."""
+    reasons = [part.rpartition(": ")[2] for part in explanation.split("; ")]
+    return all(r == POPULAR_NOW or r.startswith(POPULAR_LIKE_YOU) for r in reasons)
+
+
+def _decision(
+    trigger: Trigger, items: tuple[tuple[str, float], ...], segment: int | None,
+    explanation: str, now: float, expires_at: float,
+) -> Decision:
     return Decision(
         decision_id=trigger.decision_id,
         user_id=trigger.user_id,
-        items=tuple((item, candidate.score) for item, candidate in chosen),
+        items=items,
         trigger=trigger.kind,
         segment=segment,
-        explanation=_explain(chosen),
+        explanation=explanation,
         event_ts=trigger.event_ts,
         decided_at=now,
         expires_at=expires_at,

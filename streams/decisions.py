@@ -14,7 +14,8 @@ Runs inside the user-partitioned worker, after the profile update:
    items, popular items overall and per category) is fetched from Redis in **one
    pipelined round trip**; popular lists, which change only when related items are
    published, are kept in process for that long (:class:`streams.cooccurrence.PopularCache`).
-3. :func:`models.policy.decide` picks the items.
+3. :func:`models.policy.decide` picks the items; a trigger that finds none (cold start)
+   is audited on ``notifications.suppressed`` as ``no_candidates``, with no items.
 4. The Redis limiter checks and records each push atomically, all of a batch in one
    call (:meth:`streams.limiter.RedisLimiter.check_many`, in event order); it fails
    closed. A push deferred by quiet hours is decided again when they end (spread over
@@ -51,6 +52,7 @@ from models.events import Event
 from models.limits import LimitResult, Verdict
 from models.policy import (
     HOLDOUT,
+    NO_CANDIDATES,
     QUIET_HOURS,
     Decision,
     Outcome,
@@ -62,6 +64,7 @@ from models.policy import (
     release_at,
     still_valid,
     triggers_for,
+    without_candidates,
 )
 from models.profile import Profile
 from models.segments import Segment
@@ -242,10 +245,18 @@ class DecisionEngine:
         for (trigger, profile), (segment, info), candidates in zip(due, segments, data, strict=True):
             decision = decide(trigger, profile, candidates, segment, info, now, self.policy)
             if decision is None:
-                metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="no_candidates").inc()
+                await self._audit_no_candidates(trigger, segment, now)
             else:
                 decided.append(((trigger, profile), decision))
         return decided
+
+    async def _audit_no_candidates(self, trigger: Trigger, segment: int | None, now: float) -> None:
+        """A trigger that found nothing (cold start) is audited too, with no items."""
+        unfilled = without_candidates(trigger, segment, now, self.policy)
+        if unfilled is None:  # expired while it waited: nothing was decided
+            metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="expired").inc()
+            return
+        await self._audit(unfilled, Outcome.NO_CANDIDATES, NO_CANDIDATES)
 
     def _segment(self, profile: Profile, now: float) -> tuple[int | None, Segment | None]:
         """The user's segment and its description in the current snapshot."""

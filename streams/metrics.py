@@ -97,7 +97,7 @@ RELATED_WRITES = Counter(
 )
 DECISIONS = Counter(
     "nudgestream_decisions_total",
-    "Push decisions by trigger and outcome (pushed, suppressed, holdout, deferred).",
+    "Push decisions by trigger and outcome (pushed, suppressed, holdout, deferred, no_candidates; expired: too late to decide).",
     ["trigger", "outcome"],
     registry=REGISTRY,
 )

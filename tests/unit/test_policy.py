@@ -16,6 +16,7 @@ from referencing import Registry, Resource
 
 from models.events import Event, EventType
 from models.policy import (
+    AUDIT_SCHEMA_VERSION,
     CandidateData,
     Decision,
     Outcome,
@@ -402,7 +403,8 @@ def test_decisions_validate_against_the_published_schema() -> None:
 )
 def test_audit_records_validate_against_the_published_schema(outcome: Outcome, reason: str) -> None:
     record = a_decision().to_audit_dict(outcome, reason)
-    schema("audit.v1.json").validate(orjson.loads(orjson.dumps(record)))
+    assert record["schema"] == AUDIT_SCHEMA_VERSION
+    schema(f"audit.v{AUDIT_SCHEMA_VERSION}.json").validate(orjson.loads(orjson.dumps(record)))
 
 
 def test_a_decision_becomes_a_limit_request_and_keeps_only_allowed_items() -> None:

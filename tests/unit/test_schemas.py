@@ -15,7 +15,16 @@ from hypothesis import strategies as st
 from referencing import Registry, Resource
 
 from models.events import EventType, Rejection, RejectReason
-from models.policy import Outcome, TriggerKind
+from models.policy import (
+    AUDIT_SCHEMA_VERSION,
+    NO_CANDIDATES,
+    Outcome,
+    PolicyConfig,
+    Trigger,
+    TriggerKind,
+    is_popularity_fallback,
+    without_candidates,
+)
 from streams.client import InvalidEvent, MessageBuilder
 from streams.codecs import dlq_record
 from streams.notify import parse_decision
@@ -31,6 +40,8 @@ REGISTRY: Registry[Any] = Registry().with_resources(
     (doc["$id"], Resource.from_contents(doc)) for doc in SCHEMAS.values()
 )
 NOW = 1_700_000_000.0
+#: The audit contract the worker writes now (older versions stay published for old records).
+AUDIT = f"audit.v{AUDIT_SCHEMA_VERSION}.json"
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -38,7 +49,7 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 
 
 def test_the_contracts_of_this_release_are_all_published() -> None:
-    assert {"event.v1.json", "dlq.v1.json", "decision.v1.json", "audit.v1.json"} <= set(SCHEMAS)
+    assert {"event.v1.json", "dlq.v1.json", "decision.v1.json", "audit.v1.json", AUDIT} <= set(SCHEMAS)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
@@ -128,21 +139,55 @@ def test_a_malformed_decision_is_invalid(change: dict[str, Any]) -> None:
     assert not validator("decision.v1.json").is_valid({**example, **change})
 
 
-def test_an_audit_record_is_a_decision_with_an_outcome_and_a_reason() -> None:
-    decision = SCHEMAS["decision.v1.json"]["examples"][0]
-    audit = validator("audit.v1.json")
+@pytest.mark.parametrize("name", ["audit.v1.json", AUDIT])
+def test_an_audit_record_is_a_decision_with_an_outcome_and_a_reason(name: str) -> None:
+    version = int(name.split(".v")[1].removesuffix(".json"))
+    decision = {**SCHEMAS["decision.v1.json"]["examples"][0], "schema": version}
+    audit = validator(name)
     assert audit.is_valid({**decision, "outcome": "suppressed", "reason": "daily_cap"})
     assert not audit.is_valid(decision)
     assert not audit.is_valid({**decision, "outcome": "pushed", "reason": "daily_cap"})
     without_items = {k: v for k, v in decision.items() if k != "items"}
     assert not audit.is_valid({**without_items, "outcome": "suppressed", "reason": "daily_cap"})
-
-
-def test_a_holdout_record_has_the_reason_holdout() -> None:
-    decision = SCHEMAS["decision.v1.json"]["examples"][0]
-    audit = validator("audit.v1.json")
+    assert not audit.is_valid({**decision, "items": [], "outcome": "suppressed", "reason": "daily_cap"})
     assert audit.is_valid({**decision, "outcome": "holdout", "reason": "holdout"})
     assert not audit.is_valid({**decision, "outcome": "holdout", "reason": "daily_cap"})
+
+
+TRIGGER = Trigger(TriggerKind.BROWSE_INTEREST, "u-1", "e-1", NOW, NOW, False, "sku-1", "phones")
+
+
+def test_a_trigger_without_candidates_is_audited_with_no_items_and_its_own_reason() -> None:
+    unfilled = without_candidates(TRIGGER, None, NOW + 1, PolicyConfig())
+    assert unfilled is not None and unfilled.items == ()
+    record = unfilled.to_audit_dict(Outcome.NO_CANDIDATES, NO_CANDIDATES)
+    validator(AUDIT).validate(record)
+    assert record["decision_id"] == TRIGGER.decision_id  # a replay audits the same id
+    # Only that outcome may have no items, and it has items never and one reason only.
+    assert not validator(AUDIT).is_valid({**record, "outcome": "suppressed", "reason": "daily_cap"})
+    assert not validator(AUDIT).is_valid({**record, "reason": "daily_cap"})
+    assert not validator(AUDIT).is_valid({**record, "items": [{"item_id": "sku-2", "score": 1.0}]})
+    # Schema 1 readers never see it: the version says what changed.
+    assert not validator("audit.v1.json").is_valid({**record, "schema": 1})
+
+
+def test_an_expired_trigger_is_not_audited_as_without_candidates() -> None:
+    config = PolicyConfig()
+    assert without_candidates(TRIGGER, None, NOW + config.expiry_s, config) is None
+
+
+@pytest.mark.parametrize(
+    ("explanation", "fallback"),
+    [
+        ("a, b: popular right now", True),
+        ("a: popular with shoppers like you in phones; b: popular with shoppers like you in audio", True),
+        ("a: often seen with x, which you viewed", False),
+        ("a: popular in phones, which you browsed", False),
+        ("a: often seen with x, which you viewed; b: popular right now", False),
+    ],
+)
+def test_a_popularity_fallback_is_told_by_its_explanation(explanation: str, fallback: bool) -> None:
+    assert is_popularity_fallback(explanation) is fallback
 
 
 # --- what the producer client sends ----------------------------------------------------
@@ -240,14 +285,16 @@ def test_the_topics_document_shows_decisions_and_audit_records() -> None:
 
 @pytest.mark.parametrize("record", documented_records(), ids=lambda r: str(r["decision_id"]))
 def test_every_documented_record_validates_against_its_schema(record: dict[str, Any]) -> None:
-    validator("audit.v1.json" if "outcome" in record else "decision.v1.json").validate(record)
+    name = f"audit.v{record['schema']}.json" if "outcome" in record else "decision.v1.json"
+    validator(name).validate(record)
 
 
 def test_the_decision_and_audit_enums_are_the_codes() -> None:
     """Examples and contracts name the triggers and outcomes the worker really emits."""
     trigger = SCHEMAS["decision.v1.json"]["properties"]["trigger"]["enum"]
-    outcome = SCHEMAS["audit.v1.json"]["properties"]["outcome"]["enum"]
+    outcome = SCHEMAS[AUDIT]["properties"]["outcome"]["enum"]
     assert sorted(trigger) == sorted(kind.value for kind in TriggerKind)
     assert sorted(outcome) == sorted(o.value for o in Outcome)
-    examples = SCHEMAS["decision.v1.json"]["examples"] + SCHEMAS["audit.v1.json"]["examples"]
+    examples = SCHEMAS["decision.v1.json"]["examples"] + SCHEMAS[AUDIT]["examples"]
     assert {e["trigger"] for e in examples} == set(trigger), "an example of every trigger"
+    assert {e["outcome"] for e in SCHEMAS[AUDIT]["examples"]} == set(outcome), "and of every outcome"
