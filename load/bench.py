@@ -26,7 +26,8 @@ all of which it deletes at the end:
 5. **Latency** (``latency_ms``). Fresh events, stamped with the wall clock as they are
    sent, are offered at ``load_share`` (50 %) of ``pipeline_eps`` for ``latency_s``
    seconds. Every decision made for them (pushed, or audited as suppressed, deferred or
-   holdout) is read back and timed as its arrival minus its ``event_ts``. The worker's own
+   holdout) is read back and timed as its arrival minus its ``event_ts``, each
+   ``decision_id`` once (:mod:`load.decisions`). The worker's own
    ``nudgestream_event_lag_seconds`` histogram (event time to end of processing) over the
    same span gives ``event_lag_ms``.
 6. **Lag** (``lag_end``). End offsets minus the worker group's committed offsets, over
@@ -63,7 +64,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -76,6 +77,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from load.cli import with_prefix
+from load.decisions import DECISION_GRACE_S, DecisionWatcher
 from load.demo import DemoWorker, Snapshot, scrape
 from load.generator import GeneratedEvent, GeneratorConfig, SyntheticWorld, generate_events
 from load.producer import produce
@@ -102,7 +104,6 @@ SETTLE_S: Final = 20.0
 #: A lag of transaction markers only (see _only_markers_left) that stays this long is final.
 QUIET_S: Final = 10.0
 #: Decisions still on their way when the offered stream stops are waited for this long.
-DECISION_GRACE_S: Final = 2.0
 EVENT_LAG_METRIC: Final = "nudgestream_event_lag_seconds"
 QUANTILES: Final = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 #: Settings that are secrets: never echoed in the reported command.
@@ -493,58 +494,6 @@ async def _wait_handled(worker: BenchWorker, target: float, *, report: bool = Fa
 # --- latency ---------------------------------------------------------------------------
 
 
-@dataclass
-class DecisionWatcher:
-    """Times every decision on the notification topics whose event is from ``since`` on."""
-
-    settings: Settings
-    since: float
-    latencies_s: dict[str, list[float]] = field(default_factory=dict)
-    #: Set once the consumer sits at the end of every partition: produce only then.
-    positioned: asyncio.Event = field(default_factory=asyncio.Event)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def topics(self) -> list[str]:
-        """Pushed decisions, and the audit of suppressed, deferred and holdout ones."""
-        topics = self.settings.topics
-        return [topics.push, topics.suppressed]
-
-    async def run(self) -> None:
-        # read_committed, as the notification workers read: under exactly_once a decision
-        # reaches them only when its transaction commits.
-        consumer = AIOKafkaConsumer(
-            **self.settings.aiokafka_kwargs(), group_id=None, enable_auto_commit=False,
-            auto_offset_reset="latest", isolation_level="read_committed",
-        )
-        await consumer.start()
-        try:
-            partitions = [
-                TopicPartition(t, p) for t in self.topics for p in range(self.settings.partitions)
-            ]
-            consumer.assign(partitions)
-            await consumer.seek_to_end(*partitions)
-            for partition in partitions:
-                await consumer.position(partition)  # resolves "the end" now, not at first fetch
-            self.positioned.set()
-            while not self._stop.is_set():
-                batch = await consumer.getmany(timeout_ms=100)
-                arrived = time.time()
-                for tp, records in batch.items():
-                    self._record(tp.topic, arrived, (r.value for r in records))
-        finally:
-            await consumer.stop()
-
-    def _record(self, topic: str, arrived: float, values: Iterable[bytes | None]) -> None:
-        for value in values:
-            event_ts = orjson.loads(value or b"{}").get("event_ts")
-            if isinstance(event_ts, int | float) and event_ts >= self.since:
-                self.latencies_s.setdefault(topic, []).append(arrived - event_ts)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 async def measure_latency(
     settings: Settings, worker: BenchWorker, config: BenchConfig, world: SyntheticWorld,
     offered_eps: float,
@@ -552,8 +501,7 @@ async def measure_latency(
     before = await worker.scrape()
     started = time.time()
     watcher = DecisionWatcher(settings, since=started)
-    watching = asyncio.create_task(watcher.run())
-    await _first_of(watcher.positioned.wait(), watching)
+    watching = await watcher.start()
     live = dataclasses.replace(
         _generator_config(config, start_ts=started), seed=config.seed + 1
     )
@@ -570,15 +518,6 @@ async def measure_latency(
     await watching
     figures = latency_figures(watcher.latencies_s, before, after, summary.sent, settings)
     return {**figures, "worker_cpu": round(cpu_share, 2)}
-
-
-async def _first_of(wait: Awaitable[Any], task: asyncio.Task[None]) -> None:
-    """Wait for ``wait``; a ``task`` that ends first (failed) raises its error here."""
-    waiting = asyncio.ensure_future(wait)
-    await asyncio.wait([waiting, task], return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        waiting.cancel()
-        task.result()
 
 
 def latency_figures(
