@@ -96,7 +96,9 @@ class Worker:
         self.topics = settings.topics
         self.refetcher = Refetcher(self.app, settings)
         self._topic_types = {name: t for t, name in self.topics.events.items()}
-        self.events_topic = self.app.topic(*self.topics.events.values())
+        # Re-keyed events come back through the same agent, co-partitioned by user.
+        self.events_topic = self.app.topic(*self.topics.events.values(), self.topics.rekeyed)
+        self.rekeyed_topic = self.app.topic(self.topics.rekeyed)
         self.dlq_topic = self.app.topic(self.topics.dlq)
         # Keys are the user id's UTF-8 bytes and values the encoded profile, both "raw":
         # what recovery reads back from the changelog is exactly what was written.
@@ -214,8 +216,9 @@ class Worker:
         user_key = decoded.user_id.encode()
         if key != user_key:
             # Per-user state needs every event of a user on one partition: re-key it
-            # instead of processing it on the wrong partition (or dropping it).
-            batch.sent.append(await self.app.topic(topic).send(key=user_key, value=value))
+            # instead of processing it on the wrong partition (or dropping it). Through an
+            # internal topic: other readers of the event topic must not see it twice.
+            batch.sent.append(await self.rekeyed_topic.send(key=user_key, value=value))
             return
         if self._process(batch, user_key, decoded, event):
             batch.applied.append(decoded)
@@ -236,7 +239,7 @@ class Worker:
         """The user-side core steps for one valid event; False for a duplicate."""
         profile = batch.profile(user_key, self.profiles)
         position = source.message.offset
-        source_name = source_id(event.type, source.message.partition)
+        source_name = source_id(event.type, source.message.partition, rekeyed=source.message.topic == self.topics.rekeyed)
         if profile is not None and profile.replayed(source_name, position, event.ts):
             return False  # re-delivered after a crash or rebalance: applied already
         # update() changes the profile in place; triggers and pairs need the state before.

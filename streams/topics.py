@@ -58,6 +58,15 @@ class Topics:
         return self._name("events.dlq")
 
     @property
+    def rekeyed(self) -> str:
+        """Events that arrived under another key than their user's, re-keyed (internal).
+
+        Not under ``events.``: other readers of the event topics (or of ``events.*``)
+        must not see a re-keyed event a second time.
+        """
+        return self._name("ingest.rekeyed")
+
+    @property
     def cooc_pairs(self) -> str:
         return self._name("cooc.pairs")
 
@@ -85,6 +94,7 @@ class Topics:
         return (
             *(TopicSpec(name, None, 7 * DAY_MS) for name in self.events.values()),
             TopicSpec(self.dlq, None, 14 * DAY_MS),
+            TopicSpec(self.rekeyed, None, 7 * DAY_MS),
             TopicSpec(self.cooc_pairs, None, 1 * DAY_MS),
             TopicSpec(self.segments_train, 1, 1 * DAY_MS),
             TopicSpec(self.segments_model, 1, None, compacted=True),

@@ -73,6 +73,10 @@ def test_version_one_messages_are_still_read_and_never_deduplicated() -> None:
 def test_a_source_name_is_short_and_names_type_and_partition() -> None:
     assert source_id(EventType.VIEW, 3) == "v3"
     assert source_id(EventType.BUY, 11) == "b11"
+    # Re-keyed events of every type share one topic, so one offset sequence: a name of
+    # their own, that no event type's partition can take.
+    assert source_id(EventType.VIEW, 3, rekeyed=True) == "r3"
+    assert all(source_id(t, 3) != "r3" for t in EventType)
 
 
 def test_partition_totals_written_before_rows_had_positions_are_read() -> None:
