@@ -20,7 +20,7 @@ from referencing import Registry, Resource
 from models.events import Event, EventType
 from models.features import should_sample
 from models.limits import LimitConfig
-from models.policy import PolicyConfig, TriggerKind
+from models.policy import AUDIT_SCHEMA_VERSION, PolicyConfig, TriggerKind
 from models.push_replay import (
     PushReplay,
     PushReplayConfig,
@@ -34,6 +34,7 @@ from tests.conftest import PROJECT_ROOT
 NOON = 1_700_049_600.0  # 2023-11-15 12:00 UTC
 DAY = 86400.0
 NO_QUIET = LimitConfig(quiet_start=time(0), quiet_end=time(0))
+AUDIT = f"audit.v{AUDIT_SCHEMA_VERSION}.json"
 SCHEMAS = {p.name: json.loads(p.read_text()) for p in (PROJECT_ROOT / "schemas").glob("*.json")}
 REGISTRY: Registry[Any] = Registry().with_resources(
     (doc["$id"], Resource.from_contents(doc)) for doc in SCHEMAS.values()
@@ -161,9 +162,9 @@ def test_written_records_follow_the_topic_schemas() -> None:
     summary = replay_pushes(shop_log(), decisions, audit, PushReplayConfig(limits=LimitConfig()))
     validators = {
         name: jsonschema.Draft202012Validator(SCHEMAS[name], registry=REGISTRY)
-        for name in ("decision.v1.json", "audit.v1.json")
+        for name in ("decision.v1.json", AUDIT)
     }
-    for out, name in ((decisions, "decision.v1.json"), (audit, "audit.v1.json")):
+    for out, name in ((decisions, "decision.v1.json"), (audit, AUDIT)):
         lines = out.getvalue().splitlines()
         assert lines
         for line in lines:
