@@ -24,7 +24,7 @@ import faust
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web as aiohttp_web
-from faust.types import EventT, Message, RecordMetadata, TableT
+from faust.types import TP, EventT, Message, RecordMetadata, TableT
 
 from models.cooccurrence import CoocConfig, DecayedValue, pair_increments
 from models.events import Event, Rejection, RejectReason, decode_event
@@ -381,21 +381,29 @@ class Worker:
         await self._check_redis()
 
     async def _refresh_lag(self) -> None:
-        """Messages past the committed offsets, by event topic.
+        """Messages past the committed offsets, by topic the agents read.
 
         A timer of its own: the table sizes above are counted key by key in RocksDB, and
         a slow or failing count must not leave an old lag on display.
         """
         consumer = self.app.consumer
+        # Changelogs are assigned too, but read by the table recovery, never committed.
+        tps = [tp for tp in consumer.assignment() if self.app.topics.acks_enabled_for(tp.topic)]
+        committed: dict[TP, int | None] = {
+            tp: consumer._committed_offset.get(tp) for tp in tps  # type: ignore[attr-defined]  # no public accessor
+        }
+        # Faust knows no offset for a partition with no commit (or one at offset 0): the
+        # group starts it from the beginning, so the whole partition is behind.
+        unknown = [tp for tp, offset in committed.items() if offset is None]
+        if unknown:
+            committed.update(await consumer.earliest_offsets(*unknown))
         # Start from zero so partitions lost in a rebalance stop counting here.
         lag: dict[str, int] = dict.fromkeys(self.topics.events.values(), 0)
-        for tp in consumer.assignment():
-            committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
+        for tp, offset in committed.items():
             highwater = consumer.highwater(tp)
-            # Both are unknown for a moment after an assignment (a rebalance).
-            if committed is None or highwater is None:
+            if offset is None or highwater is None:  # unknown for a moment after an assignment
                 continue
-            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, highwater - committed)
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, highwater - offset)
         for topic, value in lag.items():
             metrics.CONSUMER_LAG.labels(topic=topic).set(value)
 

@@ -76,7 +76,7 @@ PROFILES = Gauge(
 )
 CONSUMER_LAG = Gauge(
     "nudgestream_consumer_lag_messages",
-    "Messages not yet processed by this worker, by topic (sum over its partitions).",
+    "Messages past the committed offsets of this worker's partitions, by topic (refreshed every commit interval).",
     ["topic"],
     registry=REGISTRY,
 )
