@@ -1,0 +1,241 @@
+"""The learning policy on a replayed log, and the lift of pushes against the control group.
+
+:class:`Learner` closes the loop in a :class:`~models.push_replay.PushReplay`: pushes
+and holdout records open attribution exposures (:mod:`models.attribution`); the log's
+own events are the outcomes: a push **converts** when its user touches (views, clicks
+or buys) a pushed item within ``horizon_s`` after it was sent, as the push-precision
+scorer counts a hit. From those outcomes it learns
+
+* fatigue (:mod:`models.fatigue`) — a user's ignore streak pauses their pushes;
+* send time (:mod:`models.sendtime`) — a deferred push waits for the user's preferred
+  hour, learnt from the times their pushes converted;
+* a bandit over trigger kinds (:mod:`models.bandit`) — kinds that keep missing are
+  pushed less;
+
+and uses them as :class:`~models.push_replay.Steering`: a decision it stops is audited
+as ``suppressed`` with the reason ``fatigue`` or ``bandit``. **No peeking**: the learner
+sees an event only after the replay has made every decision due by then, a conversion
+counts from the moment it happened, and a miss only once the push's whole window lies
+before the latest event seen (at the end of the log, windows still open are never
+counted as misses). **The control group is never touched**: a holdout user's decision
+is neither gated nor learnt from, so the holdout keeps measuring the static policy.
+
+:func:`holdout_lift` measures a replay's pushes against its holdout records the same way
+(conversion = a pushed item touched within the horizon), per trigger kind and overall.
+Offline, no push was ever delivered, so treated and control users touch "their" items
+only as the log says they did: the lift must be close to 1 there, and its interval
+checks the measurement, not the effect.
+
+>>> from models.events import Event, EventType
+>>> from models.limits import LimitConfig
+>>> from datetime import time
+>>> config = PushReplayConfig(limits=LimitConfig(quiet_start=time(0), quiet_end=time(0)))
+>>> views = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "c")]
+>>> log = [Event(f"e{n}", EventType.VIEW, u, i, 1000.0 + n, "toys") for n, (u, i) in enumerate(views)]
+>>> records = []
+>>> learner = learning_replay(log, config, LearningConfig(horizon_s=600.0), records.append)
+>>> [(r.outcome, r.decision.user_id) for r in records][:2]
+[('pushed', 'u3'), ('pushed', 'u1')]
+>>> learner.stats()["exposures"]  # the third push's item was pushed to u3 before
+{'treatment': 3}
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from models.attribution import AttributionConfig, Attributor, Closed, Exposure, Scope, Signal
+from models.bandit import Bandit, BanditConfig
+from models.events import Event
+from models.fatigue import FatigueConfig, UserFatigue
+from models.lift import Group, Tally, summary
+from models.logfile import BadRow
+from models.policy import Decision, Outcome, in_holdout
+from models.push_replay import PushReplay, PushReplayConfig, Record
+from models.sendtime import SendTimeConfig, UserSendTime, send_at
+
+FATIGUE: Final = "fatigue"
+BANDIT: Final = "bandit"
+#: The offline outcome: a pushed item touched (the scorer's hit).
+SIGNAL: Final = Signal.TOUCH
+ALL: Final = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class LearningConfig:
+    #: The conversion window (the scorer's horizon).
+    horizon_s: float = 24 * 3600.0
+    fatigue: FatigueConfig = field(default_factory=FatigueConfig)
+    bandit: BanditConfig = field(default_factory=BanditConfig)
+    sendtime: SendTimeConfig = field(default_factory=SendTimeConfig)
+    #: Seed of the bandit's draws: a replay repeats itself.
+    seed: int = 0
+    #: Zone of users whose events carry none (for send times).
+    default_tz: str = "UTC"
+
+    def attribution(self) -> AttributionConfig:
+        return AttributionConfig(
+            window_s=self.horizon_s, signals=frozenset({SIGNAL}), categories=False,
+            retention_s=0.0,
+        )
+
+
+class Learner:
+    """Outcomes in, steering out (see the module doc)."""
+
+    def __init__(self, replay_config: PushReplayConfig, config: LearningConfig) -> None:
+        self.policy = replay_config.policy
+        self.config = config
+        self.attributor = Attributor(config.attribution())
+        self.bandit = Bandit(config.bandit)
+        self.fatigue: dict[str, UserFatigue] = {}
+        self.sendtime: dict[str, UserSendTime] = {}
+        self.tz: dict[str, str] = {}
+        self.rng = random.Random(config.seed)
+        #: The latest event time seen: what the learner knows is what happened by then.
+        self.clock = float("-inf")
+        self.categories: dict[str, str] = {}
+        self.skipped: Counter[str] = Counter()
+        self.exposed: Counter[str] = Counter()
+
+    # -- Steering --------------------------------------------------------------------
+
+    def skips(self, decision: Decision) -> str | None:
+        if self._holdout(decision.user_id) or decision.transactional:
+            return None
+        fatigue = self.fatigue.get(decision.user_id)
+        if fatigue is not None and not fatigue.allows(decision.decided_at, self.config.fatigue):
+            reason: str | None = FATIGUE
+        elif not self.bandit.plays(decision.trigger.value, self.rng):
+            reason = BANDIT
+        else:
+            reason = None
+        if reason is not None:
+            self.skipped[reason] += 1
+        return reason
+
+    def release_at(self, decision: Decision, default: float, tz: str | None) -> float:
+        user = self.sendtime.get(decision.user_id)
+        if user is None or self._holdout(decision.user_id):
+            return default
+        zone = tz or self.config.default_tz
+        hour = user.preferred_hour(default, self.config.sendtime)
+        return send_at(default, hour, zone, decision.expires_at)
+
+    # -- outcomes --------------------------------------------------------------------
+
+    def record(self, record: Record) -> None:
+        """A replay decision: pushes and holdout records open an exposure."""
+        if record.outcome not in (Outcome.HOLDOUT.value, "pushed"):
+            return
+        decision = record.decision
+        group = Group.CONTROL if record.outcome == Outcome.HOLDOUT.value else Group.TREATMENT
+        items = tuple(item for item, _ in decision.items)
+        categories = tuple(sorted({self.categories.get(i, "") for i in items} - {""}))
+        exposure = Exposure(decision.decision_id, decision.user_id, group, decision.decided_at,
+                            items, categories, decision.trigger.value, decision.segment)
+        if self.attributor.expose(exposure, decision.decided_at):
+            self.exposed[group.value] += 1
+
+    def observe(self, event: Event) -> None:
+        """An event of the log, seen after every decision due by its time."""
+        if event.category:
+            self.categories[event.item_id] = event.category
+        self.clock = max(self.clock, event.ts)
+        for credit in self.attributor.observe(event):
+            if credit.scope is Scope.ITEM and credit.exposure.group is Group.TREATMENT:
+                self._engaged(credit.exposure.user_id, credit.at, event.tz)
+        for closed in self.attributor.close(self.clock):
+            if closed.exposure.group is Group.TREATMENT:
+                self._resolved(closed)
+
+    def _engaged(self, user: str, at: float, tz: str | None) -> None:
+        """A push converted at ``at``: known from that moment on."""
+        if tz:
+            self.tz[user] = tz
+        self.fatigue.setdefault(user, UserFatigue()).engaged()
+        zone = self.tz.get(user, self.config.default_tz)
+        self.sendtime.setdefault(user, UserSendTime()).learn(at, zone, self.config.sendtime)
+
+    def _resolved(self, closed: Closed) -> None:
+        """A push's window ended. The bandit learns only here, converted or not:
+        counting conversions as they come and misses only at the end would flatter
+        the arms with many pushes still open."""
+        exposure = closed.exposure
+        converted = closed.earned(SIGNAL)
+        self.bandit.reward(exposure.trigger, converted)
+        if not converted:
+            end = exposure.ends_at(self.attributor.config)
+            self.fatigue.setdefault(exposure.user_id, UserFatigue()).ignored(end, self.config.fatigue)
+
+    def _holdout(self, user_id: str) -> bool:
+        return in_holdout(user_id, self.policy.holdout_percent, self.policy.holdout_salt)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "exposures": dict(sorted(self.exposed.items())),
+            "skipped": dict(sorted(self.skipped.items())),
+            "bandit": self.bandit.to_dict(),
+            "fatigued_users": sum(1 for f in self.fatigue.values() if f.streak > 0),
+            "users_with_send_hour": sum(
+                1 for u in self.sendtime.values()
+                if u.preferred_hour(self.clock, self.config.sendtime) is not None
+            ),
+        }
+
+
+def learning_replay(
+    records: Iterable[Event | BadRow],
+    replay_config: PushReplayConfig,
+    config: LearningConfig,
+    sink: Callable[[Record], None] | None = None,
+) -> Learner:
+    """Replay a log with the learning policy; every record goes to ``sink``."""
+    learner = Learner(replay_config, config)
+    out = sink
+
+    def both(record: Record) -> None:
+        learner.record(record)
+        if out is not None:
+            out(record)
+
+    push_replay = PushReplay(replay_config, both, learner)
+    for event in push_replay.replay.feed(records):
+        push_replay.process(event)
+        learner.observe(event)
+    push_replay.finish()
+    return learner
+
+
+def holdout_lift(
+    events: Iterable[Event | BadRow], records: Iterable[Record], horizon_s: float
+) -> dict[str, Any]:
+    """Conversion (a pushed item touched within the horizon) of pushes and of holdout
+    records, per trigger kind and overall (``all``), with the lift and its interval."""
+    config = AttributionConfig(window_s=horizon_s, signals=frozenset({SIGNAL}),
+                               categories=False, retention_s=0.0)
+    attributor = Attributor(config)
+    for record in records:
+        if record.outcome in (Outcome.HOLDOUT.value, "pushed"):
+            d = record.decision
+            group = Group.CONTROL if record.outcome == Outcome.HOLDOUT.value else Group.TREATMENT
+            attributor.expose(Exposure(d.decision_id, d.user_id, group, d.decided_at,
+                                       tuple(i for i, _ in d.items), (), d.trigger.value), 0.0)
+    for event in sorted((e for e in events if isinstance(e, Event)), key=lambda e: e.ts):
+        attributor.observe(event)
+    tally = Tally()
+    for closed in attributor.close(float("inf")):
+        _count(tally, closed)
+    return summary(tally)
+
+
+def _count(tally: Tally, closed: Closed) -> None:
+    exposure = closed.exposure
+    for key in (ALL, exposure.trigger):
+        tally.expose(exposure.group, key)
+        if closed.earned(SIGNAL):
+            tally.convert(exposure.group, key)
