@@ -23,8 +23,8 @@ is neither gated nor learnt from, so the holdout keeps measuring the static poli
 :func:`holdout_lift` measures a replay's pushes against its holdout records the same way
 (conversion = a pushed item touched within the horizon), per trigger kind and overall.
 Offline, no push was ever delivered, so treated and control users touch "their" items
-only as the log says they did: the lift must be close to 1 there, and its interval
-checks the measurement, not the effect.
+only as the log says they did: the true lift is 1 there, and an interval that covers
+1 checks the measurement, not the effect.
 
 >>> from models.events import Event, EventType
 >>> from models.limits import LimitConfig
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -56,6 +56,7 @@ from models.lift import Group, Tally, summary
 from models.logfile import BadRow
 from models.policy import Decision, Outcome, in_holdout
 from models.push_replay import PushReplay, PushReplayConfig, Record
+from models.replay import ReplayStats
 from models.sendtime import SendTimeConfig, UserSendTime, send_at
 
 FATIGUE: Final = "fatigue"
@@ -193,6 +194,7 @@ def learning_replay(
     replay_config: PushReplayConfig,
     config: LearningConfig,
     sink: Callable[[Record], None] | None = None,
+    progress: Callable[[ReplayStats], None] | None = None,
 ) -> Learner:
     """Replay a log with the learning policy; every record goes to ``sink``."""
     learner = Learner(replay_config, config)
@@ -204,7 +206,7 @@ def learning_replay(
             out(record)
 
     push_replay = PushReplay(replay_config, both, learner)
-    for event in push_replay.replay.feed(records):
+    for event in push_replay.replay.feed(records, progress):
         push_replay.process(event)
         learner.observe(event)
     push_replay.finish()
@@ -212,19 +214,24 @@ def learning_replay(
 
 
 def holdout_lift(
-    events: Iterable[Event | BadRow], records: Iterable[Record], horizon_s: float
+    events: Iterable[Event | BadRow], records: Iterable[Mapping[str, Any]], horizon_s: float
 ) -> dict[str, Any]:
     """Conversion (a pushed item touched within the horizon) of pushes and of holdout
-    records, per trigger kind and overall (``all``), with the lift and its interval."""
+    records, per trigger kind and overall (``all``), with the lift and its interval.
+
+    ``records`` are pushes (decision schema) and audit records (the ``holdout`` ones
+    count, the others are ignored), as a replay writes them."""
     config = AttributionConfig(window_s=horizon_s, signals=frozenset({SIGNAL}),
                                categories=False, retention_s=0.0)
     attributor = Attributor(config)
     for record in records:
-        if record.outcome in (Outcome.HOLDOUT.value, "pushed"):
-            d = record.decision
-            group = Group.CONTROL if record.outcome == Outcome.HOLDOUT.value else Group.TREATMENT
-            attributor.expose(Exposure(d.decision_id, d.user_id, group, d.decided_at,
-                                       tuple(i for i, _ in d.items), (), d.trigger.value), 0.0)
+        outcome = record.get("outcome")
+        if outcome is None or outcome == Outcome.HOLDOUT.value:
+            group = Group.TREATMENT if outcome is None else Group.CONTROL
+            items = tuple(str(x["item_id"]) for x in record["items"])
+            attributor.expose(Exposure(str(record["decision_id"]), str(record["user_id"]), group,
+                                       float(record["decided_at"]), items, (),
+                                       str(record["trigger"])), 0.0)
     for event in sorted((e for e in events if isinstance(e, Event)), key=lambda e: e.ts):
         attributor.observe(event)
     tally = Tally()

@@ -107,7 +107,7 @@ def test_skips_are_audited_as_suppressed_with_the_learnt_reason() -> None:
 
 def test_holdout_lift_measures_pushes_against_the_control_groups_would_be_pushes() -> None:
     log, static_records, _ = default_run()
-    lift = holdout_lift(log, static_records, HORIZON)
+    lift = holdout_lift(log, [r.to_dict() for r in static_records], HORIZON)
     overall = lift[ALL]
     assert overall[Group.TREATMENT.value]["trials"] > overall[Group.CONTROL.value]["trials"] > 0
     assert overall["lift"] is None or overall["lift"]["low"] <= overall["lift"]["lift"]
