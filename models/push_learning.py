@@ -10,10 +10,14 @@ scorer counts a hit. From those outcomes it learns
 * send time (:mod:`models.sendtime`) — a deferred push waits for the user's preferred
   hour, learnt from the times their pushes converted;
 * a bandit over trigger kinds (:mod:`models.bandit`) — kinds that keep missing are
-  pushed less;
+  pushed less — and one over candidate sources (:class:`~models.policy.Source`: related
+  items, category or segment popularity, overall popularity), rewarded per pushed item —
+  items from sources that keep missing are left out of the push (``source_arms``, off
+  by default);
 
-and uses them as :class:`~models.push_replay.Steering`: a decision it stops is audited
-as ``suppressed`` with the reason ``fatigue`` or ``bandit``. **No peeking**: the learner
+and uses them as :class:`~models.push_replay.Steering`: a decision it stops (fatigue,
+its kind's draw, or no item's source drawn) is audited as ``suppressed`` with the
+reason ``fatigue`` or ``bandit``. **No peeking**: the learner
 sees an event only after the replay has made every decision due by then, a conversion
 counts from the moment it happened, and a miss only once the push's whole window lies
 before the latest event seen (at the end of the log, windows still open are never
@@ -34,10 +38,16 @@ only as the log says they did: the true lift is 1 there, and an interval that co
 >>> log = [Event(f"e{n}", EventType.VIEW, u, i, 1000.0 + n, "toys") for n, (u, i) in enumerate(views)]
 >>> records = []
 >>> learner = learning_replay(log, config, LearningConfig(horizon_s=600.0), records.append)
->>> [(r.outcome, r.decision.user_id) for r in records][:2]
-[('pushed', 'u3'), ('pushed', 'u1')]
->>> learner.stats()["exposures"]  # the third push's item was pushed to u3 before
-{'treatment': 3}
+>>> [(r.outcome, r.reason, r.decision.user_id) for r in records]  # doctest: +NORMALIZE_WHITESPACE
+[('pushed', None, 'u3'), ('pushed', None, 'u1'), ('pushed', None, 'u2'),
+ ('suppressed', 'bandit', 'u3')]
+>>> learner.stats()["skipped"]  # nothing learnt yet: untried arms are drawn from the prior
+{'bandit': 1}
+>>> off = LearningConfig(horizon_s=600.0, bandit=BanditConfig(enabled=False))
+>>> records = []
+>>> _ = learning_replay(log, config, off, records.append)
+>>> [(r.outcome, r.decision.user_id) for r in records]  # the static replay's decisions
+[('pushed', 'u3'), ('pushed', 'u1'), ('pushed', 'u2'), ('suppressed', 'u3')]
 """
 
 from __future__ import annotations
@@ -73,6 +83,9 @@ class LearningConfig:
     fatigue: FatigueConfig = field(default_factory=FatigueConfig)
     bandit: BanditConfig = field(default_factory=BanditConfig)
     sendtime: SendTimeConfig = field(default_factory=SendTimeConfig)
+    #: Gate items by their candidate source too (off: on REES46 it lowered precision,
+    #: see docs/PUSH.md).
+    source_arms: bool = False
     #: Seed of the bandit's draws: a replay repeats itself.
     seed: int = 0
     #: Zone of users whose events carry none (for send times).
@@ -93,6 +106,10 @@ class Learner:
         self.config = config
         self.attributor = Attributor(config.attribution())
         self.bandit = Bandit(config.bandit)
+        #: Arms of candidate sources, rewarded per pushed item.
+        self.sources = Bandit(config.bandit)
+        self.item_attributor = Attributor(config.attribution())
+        self.narrowed = 0
         self.fatigue: dict[str, UserFatigue] = {}
         self.sendtime: dict[str, UserSendTime] = {}
         self.tz: dict[str, str] = {}
@@ -105,18 +122,26 @@ class Learner:
 
     # -- Steering --------------------------------------------------------------------
 
-    def skips(self, decision: Decision) -> str | None:
+    def steer(self, decision: Decision) -> Decision | str:
         if self._holdout(decision.user_id) or decision.transactional:
-            return None
+            return decision
         fatigue = self.fatigue.get(decision.user_id)
         if fatigue is not None and not fatigue.allows(decision.decided_at, self.config.fatigue):
-            reason: str | None = FATIGUE
-        elif not self.bandit.plays(decision.trigger.value, self.rng):
-            reason = BANDIT
-        else:
-            reason = None
-        if reason is not None:
-            self.skipped[reason] += 1
+            return self._skip(FATIGUE)
+        if not self.bandit.plays(decision.trigger.value, self.rng):
+            return self._skip(BANDIT)
+        if not self.config.source_arms:
+            return decision
+        sources = dict(decision.sources)
+        kept = [item for item, _ in decision.items
+                if self.sources.plays(sources.get(item, ""), self.rng)]
+        if not kept:
+            return self._skip(BANDIT)
+        self.narrowed += len(kept) < len(decision.items)
+        return decision.restricted_to(kept)
+
+    def _skip(self, reason: str) -> str:
+        self.skipped[reason] += 1
         return reason
 
     def release_at(self, decision: Decision, default: float, tz: str | None) -> float:
@@ -141,6 +166,13 @@ class Learner:
                             items, categories, decision.trigger.value, decision.segment)
         if self.attributor.expose(exposure, decision.decided_at):
             self.exposed[group.value] += 1
+            if group is Group.TREATMENT and self.config.source_arms:
+                sources = dict(decision.sources)
+                for item in items:
+                    self.item_attributor.expose(Exposure(
+                        f"{decision.decision_id}/{item}", decision.user_id, group,
+                        decision.decided_at, (item,), (), sources.get(item, "")),
+                        decision.decided_at)
 
     def observe(self, event: Event) -> None:
         """An event of the log, seen after every decision due by its time."""
@@ -153,6 +185,9 @@ class Learner:
         for closed in self.attributor.close(self.clock):
             if closed.exposure.group is Group.TREATMENT:
                 self._resolved(closed)
+        self.item_attributor.observe(event)
+        for closed in self.item_attributor.close(self.clock):
+            self.sources.reward(closed.exposure.trigger, closed.earned(SIGNAL))
 
     def _engaged(self, user: str, at: float, tz: str | None) -> None:
         """A push converted at ``at``: known from that moment on."""
@@ -180,7 +215,9 @@ class Learner:
         return {
             "exposures": dict(sorted(self.exposed.items())),
             "skipped": dict(sorted(self.skipped.items())),
+            "narrowed": self.narrowed,
             "bandit": self.bandit.to_dict(),
+            "sources": self.sources.to_dict(),
             "fatigued_users": sum(1 for f in self.fatigue.values() if f.streak > 0),
             "users_with_send_hour": sum(
                 1 for u in self.sendtime.values()

@@ -140,11 +140,11 @@ class PushReplayStats:
 
 
 class Steering(Protocol):
-    """What a learning policy (:mod:`models.push_learning`) may change: skip a decision
-    before the rate limits (the reason it gives is audited as ``suppressed``), and move
-    the release of a deferred one."""
+    """What a learning policy (:mod:`models.push_learning`) may change before the rate
+    limits: keep a decision, narrow its items, or stop it (the reason it returns is
+    audited as ``suppressed``); and move the release of a deferred one."""
 
-    def skips(self, decision: Decision) -> str | None: ...
+    def steer(self, decision: Decision) -> Decision | str: ...
 
     def release_at(self, decision: Decision, default: float, tz: str | None) -> float: ...
 
@@ -326,10 +326,12 @@ class PushReplay:
         if decision is None:
             self.stats.empty += 1
             return
-        skip = self.steer.skips(decision) if self.steer is not None else None
-        if skip is not None:
-            self._emit(Record(decision, Outcome.SUPPRESSED.value, skip))
-            return
+        if self.steer is not None:
+            steered = self.steer.steer(decision)
+            if isinstance(steered, str):
+                self._emit(Record(decision, Outcome.SUPPRESSED.value, steered))
+                return
+            decision = steered
         self._limit(trigger, decision, profile.tz)
 
     def fetch(self, need: Needs) -> CandidateData:

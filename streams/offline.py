@@ -55,6 +55,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for part in ("fatigue", "bandit", "sendtime"):
         parser.add_argument(f"--no-{part}", action="store_true", help=f"learning policy without {part}")
+    parser.add_argument(
+        "--source-arms", action="store_true",
+        help="learning policy: also gate pushed items by their candidate source",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the learning policy's bandit")
     add_policy_overrides(parser)
 
@@ -158,7 +162,7 @@ def _learning(
     args: argparse.Namespace, settings: Settings, horizon: float, progress: Progress
 ) -> tuple[tuple[list[dict[str, Any]], list[dict[str, Any]]], dict[str, Any]]:
     """(pushes, unsent decisions) of the learning policy, and what it learnt."""
-    base = LearningConfig(horizon_s=horizon, seed=args.seed)
+    base = LearningConfig(horizon_s=horizon, seed=args.seed, source_arms=args.source_arms)
     config = dataclasses.replace(
         base,
         fatigue=dataclasses.replace(base.fatigue, enabled=not args.no_fatigue),

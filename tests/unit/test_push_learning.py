@@ -11,9 +11,20 @@ from models.events import Event, EventType
 from models.fatigue import FatigueConfig
 from models.lift import Group
 from models.limits import LimitConfig
-from models.policy import PolicyConfig
+from models.policy import (
+    CandidateData,
+    Decision,
+    PolicyConfig,
+    Source,
+    TriggerKind,
+    copy_profile,
+    decide,
+    in_holdout,
+    triggers_for,
+)
+from models.profile import ProfileConfig, update
 from models.push_evaluate import evaluate_pushes
-from models.push_learning import ALL, LearningConfig, holdout_lift, learning_replay
+from models.push_learning import ALL, Learner, LearningConfig, holdout_lift, learning_replay
 from models.push_replay import PushReplay, PushReplayConfig, Record
 from models.sendtime import SendTimeConfig
 
@@ -112,3 +123,38 @@ def test_holdout_lift_measures_pushes_against_the_control_groups_would_be_pushes
     assert overall[Group.TREATMENT.value]["trials"] > overall[Group.CONTROL.value]["trials"] > 0
     assert overall["lift"] is None or overall["lift"]["low"] <= overall["lift"]["lift"]
     assert set(lift) == {ALL, "browse_interest", "browse_abandoned"}
+
+
+def test_decisions_name_each_items_source_outside_the_topic_contract() -> None:
+    profile = None
+    before = None
+    for n, item in enumerate(["p1", "p2"]):
+        before = copy_profile(profile)
+        event = Event(f"e{n}", EventType.VIEW, "u1", item, 1000.0 + n, "phones")
+        profile, _ = update(profile, event, event.ts, ProfileConfig())
+    trigger = triggers_for(before, profile, event, PolicyConfig())[0]
+    data = CandidateData(related={"p2": [("p3", 4.0)]},
+                         popular_by_category={"phones": [("p4", 10.0), ("p3", 9.0)]})
+    decision = decide(trigger, profile, data, None, None, event.ts, PolicyConfig())
+    assert decision is not None
+    assert dict(decision.sources) == {"p3": Source.RELATED, "p4": Source.CATEGORY}
+    assert "sources" not in decision.to_dict()
+
+
+def test_source_arms_leave_out_items_of_sources_that_keep_missing() -> None:
+    learner = Learner(CONFIG, LearningConfig(horizon_s=HORIZON, source_arms=True))
+    for n in range(300):
+        learner.sources.reward(Source.POPULAR, False)
+        learner.sources.reward(Source.RELATED, n % 5 == 0)
+        learner.bandit.reward(TriggerKind.BROWSE_INTEREST, n % 5 == 0)
+    decision = Decision("d-1", "u-not-in-holdout", (("x", 2.0), ("y", 1.0)),
+                        TriggerKind.BROWSE_INTEREST, None, "", 0.0, 0.0, 100.0, False,
+                        sources=(("x", Source.POPULAR), ("y", Source.RELATED)))
+    assert not in_holdout(decision.user_id, CONFIG.policy.holdout_percent)
+    kept = [learner.steer(decision) for _ in range(50)]
+    items = [[i for i, _ in d.items] for d in kept if isinstance(d, Decision)]
+    assert sum("x" in i for i in items) < 5
+    assert sum("y" in i for i in items) > 40
+    off = Learner(CONFIG, LearningConfig(horizon_s=HORIZON, bandit=BanditConfig(enabled=False),
+                                         source_arms=True))
+    assert off.steer(decision) == decision
