@@ -65,7 +65,7 @@ from models.fatigue import FatigueConfig, UserFatigue
 from models.lift import Group, Tally, summary
 from models.logfile import BadRow
 from models.policy import Decision, Outcome, in_holdout
-from models.push_replay import PushReplay, PushReplayConfig, Record
+from models.push_replay import PUSHED, PushReplay, PushReplayConfig, Record
 from models.replay import ReplayStats
 from models.sendtime import SendTimeConfig, UserSendTime, send_at
 
@@ -156,7 +156,7 @@ class Learner:
 
     def record(self, record: Record) -> None:
         """A replay decision: pushes and holdout records open an exposure."""
-        if record.outcome not in (Outcome.HOLDOUT.value, "pushed"):
+        if record.outcome not in (Outcome.HOLDOUT.value, PUSHED):
             return
         decision = record.decision
         group = Group.CONTROL if record.outcome == Outcome.HOLDOUT.value else Group.TREATMENT
@@ -254,7 +254,7 @@ def holdout_lift(
     events: Iterable[Event | BadRow], records: Iterable[Mapping[str, Any]], horizon_s: float
 ) -> dict[str, Any]:
     """Conversion (a pushed item touched within the horizon) of pushes and of holdout
-    records, per trigger kind and overall (``all``), with the lift and its interval.
+    records with the lift and its interval: overall, per trigger kind and per segment.
 
     ``records`` are pushes (decision schema) and audit records (the ``holdout`` ones
     count, the others are ignored), as a replay writes them."""
@@ -268,18 +268,19 @@ def holdout_lift(
             items = tuple(str(x["item_id"]) for x in record["items"])
             attributor.expose(Exposure(str(record["decision_id"]), str(record["user_id"]), group,
                                        float(record["decided_at"]), items, (),
-                                       str(record["trigger"])), 0.0)
+                                       str(record["trigger"]), record.get("segment")), 0.0)
     for event in sorted((e for e in events if isinstance(e, Event)), key=lambda e: e.ts):
         attributor.observe(event)
-    tally = Tally()
+    overall, by_trigger, by_segment = Tally(), Tally(), Tally()
     for closed in attributor.close(float("inf")):
-        _count(tally, closed)
-    return summary(tally)
-
-
-def _count(tally: Tally, closed: Closed) -> None:
-    exposure = closed.exposure
-    for key in (ALL, exposure.trigger):
-        tally.expose(exposure.group, key)
-        if closed.earned(SIGNAL):
-            tally.convert(exposure.group, key)
+        exposure, converted = closed.exposure, closed.earned(SIGNAL)
+        for tally, key in ((overall, ALL), (by_trigger, exposure.trigger),
+                           (by_segment, exposure.segment)):
+            tally.expose(exposure.group, key)
+            if converted:
+                tally.convert(exposure.group, key)
+    return {
+        ALL: summary(overall).get(ALL),
+        "by_trigger": summary(by_trigger),
+        "by_segment": summary(by_segment),
+    }

@@ -44,7 +44,8 @@ def test_evaluate_takes_the_next_item_list_length_and_fallback(
     log.write_text("\n".join(lines) + "\n")
     reports = {}
     for fallback in ("overall", "category"):
-        args = ["evaluate", "--events", str(log), "--k", "5", "--fallback", fallback, "--json"]
+        args = ["evaluate", "--events", str(log), "--k", "5", "--fallback", fallback, "--json",
+                "--no-learning"]
         assert main(args) == 0
         reports[fallback] = json.loads(capsys.readouterr().out)["next_item"]
     assert all(report["k"] == 5 for report in reports.values())

@@ -122,7 +122,11 @@ def test_holdout_lift_measures_pushes_against_the_control_groups_would_be_pushes
     overall = lift[ALL]
     assert overall[Group.TREATMENT.value]["trials"] > overall[Group.CONTROL.value]["trials"] > 0
     assert overall["lift"] is None or overall["lift"]["low"] <= overall["lift"]["lift"]
-    assert set(lift) == {ALL, "browse_interest", "browse_abandoned"}
+    assert set(lift["by_trigger"]) == {"browse_interest", "browse_abandoned"}
+    assert sum(v["treatment"]["trials"] for v in lift["by_trigger"].values()) == (
+        overall["treatment"]["trials"])
+    assert sum(v["control"]["trials"] for v in lift["by_segment"].values()) == (
+        overall["control"]["trials"])
 
 
 def test_decisions_name_each_items_source_outside_the_topic_contract() -> None:
