@@ -167,6 +167,7 @@ class Learner:
         if self.attributor.expose(exposure, decision.decided_at):
             self.exposed[group.value] += 1
             if group is Group.TREATMENT and self.config.source_arms:
+                # One exposure per item, its source as the arm (in the trigger field).
                 sources = dict(decision.sources)
                 for item in items:
                     self.item_attributor.expose(Exposure(
