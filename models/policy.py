@@ -88,6 +88,15 @@ class TriggerKind(StrEnum):
 _BROWSE_KINDS: Final = (TriggerKind.BROWSE_INTEREST, TriggerKind.BROWSE_ABANDONED)
 
 
+class Source(StrEnum):
+    """Where a pushed item came from (its strongest contribution)."""
+
+    RELATED = "related"
+    CATEGORY = "category"
+    SEGMENT = "segment"
+    POPULAR = "popular"
+
+
 class Outcome(StrEnum):
     """What became of a decision that was not pushed (the audit topic's ``outcome``)."""
 
@@ -235,6 +244,9 @@ class Decision:
     decided_at: float
     expires_at: float
     transactional: bool
+    #: (item id, :class:`Source`) of each item, for learning in process; not part of the
+    #: topic contract (``to_dict`` leaves it out).
+    sources: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The ``schemas/decision.v1.json`` form."""
@@ -417,19 +429,20 @@ def _excluded(profile: Profile, config: PolicyConfig) -> set[str]:
 class _Candidate:
     related: float = 0.0
     popular: float = 0.0
-    #: The source that contributed most, for the explanation.
+    #: The source that contributed most, for the explanation, and its kind (:class:`Source`).
     reason: str = ""
     reason_weight: float = 0.0
+    source: str = ""
 
     @property
     def score(self) -> float:
         return self.related + self.popular
 
-    def add(self, related: float, popular: float, reason: str) -> None:
+    def add(self, related: float, popular: float, reason: str, source: str) -> None:
         self.related += related
         self.popular += popular
         if related + popular > self.reason_weight:
-            self.reason, self.reason_weight = reason, related + popular
+            self.reason, self.reason_weight, self.source = reason, related + popular, source
 
 
 class _Pool:
@@ -442,12 +455,14 @@ class _Pool:
     def add_related(self, related: Sequence[tuple[str, float]], weight: float, reason: str) -> None:
         for item, scaled in _scaled(related, _linear):
             if item not in self.excluded:
-                self._candidate(item).add(weight * scaled, 0.0, reason)
+                self._candidate(item).add(weight * scaled, 0.0, reason, Source.RELATED)
 
-    def add_popular(self, popular: Sequence[tuple[str, float]], weight: float, reason: str) -> None:
+    def add_popular(
+        self, popular: Sequence[tuple[str, float]], weight: float, reason: str, source: Source
+    ) -> None:
         for item, scaled in _scaled(popular, _from_log2):
             if item not in self.excluded:
-                self._candidate(item).add(0.0, weight * scaled, reason)
+                self._candidate(item).add(0.0, weight * scaled, reason, source)
 
     def _candidate(self, item: str) -> _Candidate:
         candidate = self.items.get(item)
@@ -503,14 +518,16 @@ def decide(
                     data.popular_by_category.get(key, ()),
                     share,
                     f"{POPULAR_LIKE_YOU} {key}",
+                    Source.SEGMENT,
                 )
         if not pool.items:
-            pool.add_popular(data.popular, 1.0, POPULAR_NOW)
+            pool.add_popular(data.popular, 1.0, POPULAR_NOW, Source.POPULAR)
     chosen = _best(pool, config)
     if not chosen:
         return None
     items = tuple((item, candidate.score) for item, candidate in chosen)
-    return _decision(trigger, items, segment, _explain(chosen), now, expires_at)
+    sources = tuple((item, candidate.source) for item, candidate in chosen)
+    return _decision(trigger, items, segment, _explain(chosen), now, expires_at, sources)
 
 
 def without_candidates(
@@ -539,11 +556,13 @@ def is_popularity_fallback(explanation: str) -> bool:
 def _decision(
     trigger: Trigger, items: tuple[tuple[str, float], ...], segment: int | None,
     explanation: str, now: float, expires_at: float,
+    sources: tuple[tuple[str, str], ...] = (),
 ) -> Decision:
     return Decision(
         decision_id=trigger.decision_id,
         user_id=trigger.user_id,
         items=items,
+        sources=sources,
         trigger=trigger.kind,
         segment=segment,
         explanation=explanation,
@@ -560,7 +579,10 @@ def _add_categories(
     for category, share in _category_shares(profile, config):
         popular = data.popular_by_category.get(category, ())
         pool.add_popular(
-            popular, share * config.category_weight, f"popular in {category}, which you browsed"
+            popular,
+            share * config.category_weight,
+            f"popular in {category}, which you browsed",
+            Source.CATEGORY,
         )
     for candidate in pool.items.values():
         if candidate.related > 0 and candidate.popular > 0:

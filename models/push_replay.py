@@ -48,7 +48,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Protocol
 
 import orjson
 
@@ -137,6 +137,16 @@ class PushReplayStats:
             "reasons": dict(sorted(self.reasons.items())),
             "segment_snapshots": self.segment_snapshots,
         }
+
+
+class Steering(Protocol):
+    """What a learning policy (:mod:`models.push_learning`) may change before the rate
+    limits: keep a decision, narrow its items, or stop it (the reason it returns is
+    audited as ``suppressed``); and move the release of a deferred one."""
+
+    def steer(self, decision: Decision) -> Decision | str: ...
+
+    def release_at(self, decision: Decision, default: float, tz: str | None) -> float: ...
 
 
 class _TopScores:
@@ -239,9 +249,13 @@ class PushReplay:
     """The decision path on a simulated clock (see the module doc)."""
 
     def __init__(
-        self, config: PushReplayConfig | None = None, sink: Callable[[Record], None] | None = None
+        self,
+        config: PushReplayConfig | None = None,
+        sink: Callable[[Record], None] | None = None,
+        steer: Steering | None = None,
     ) -> None:
         self.config = config or PushReplayConfig()
+        self.steer = steer
         self.replay = Replay(self.config.replay)
         self.popularity = ServedPopularity(
             self.config.replay.cooc.half_life_s, self.config.popular_kept
@@ -312,6 +326,12 @@ class PushReplay:
         if decision is None:
             self.stats.empty += 1
             return
+        if self.steer is not None:
+            steered = self.steer.steer(decision)
+            if isinstance(steered, str):
+                self._emit(Record(decision, Outcome.SUPPRESSED.value, steered))
+                return
+            decision = steered
         self._limit(trigger, decision, profile.tz)
 
     def fetch(self, need: Needs) -> CandidateData:
@@ -329,6 +349,8 @@ class PushReplay:
             assert result.defer_until is not None
             self._emit(Record(decision, Outcome.DEFERRED.value, QUIET_HOURS))
             release = release_at(trigger.user_id, result.defer_until, self.config.policy)
+            if self.steer is not None:
+                release = self.steer.release_at(decision, release, tz)
             self._schedule(trigger.deferred_to(release))
         elif result.verdict is Verdict.SUPPRESSED:
             assert result.reason is not None
