@@ -21,8 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from load import services
 from load.cli import send
-from streams import services
 from streams.admin import create_topics
 from streams.settings import Settings, load
 
