@@ -32,7 +32,7 @@ from models.features import FeatureConfig, should_sample
 from models.policy import copy_profile
 from models.profile import Profile, ProfileConfig, update
 from streams import metrics
-from streams.batches import BACKGROUND_BATCH, acting_for, batches, release, unsettled
+from streams.batches import BACKGROUND_BATCH, batches, release, unsettled
 from streams.codecs import dlq_record
 from streams.cooccurrence import (
     FLUSH_INTERVAL_S,
@@ -45,6 +45,7 @@ from streams.cooccurrence import (
 )
 from streams.decisions import DecisionEngine
 from streams.erasure import EXPIRE, FORGET, Eraser
+from streams.faust_internals import acting_for, committed_offset, recovery_completed
 from streams.refetch import Refetcher
 from streams.segmentation import (
     SNAPSHOT_INTERVAL_S,
@@ -378,7 +379,7 @@ class Worker:
         # Start from zero so partitions lost in a rebalance stop counting here.
         lag: dict[str, int] = dict.fromkeys(self.topics.events.values(), 0)
         for tp in consumer.assignment():
-            committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
+            committed = committed_offset(consumer, tp)
             highwater = consumer.highwater(tp)
             # Both are unknown for a moment after an assignment (a rebalance).
             if committed is None or highwater is None:
@@ -441,7 +442,7 @@ class Worker:
 
         @app.page("/readyz")
         async def readyz(web: Any, request: Any) -> Any:
-            ready = app.rebalancing is False and app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+            ready = app.rebalancing is False and recovery_completed(app)
             return web.json({"ready": ready}, status=200 if ready else 503)
 
 

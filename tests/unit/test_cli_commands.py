@@ -55,13 +55,16 @@ def test_a_plugin_adds_its_commands_and_its_settings_to_config(
     from load.local_settings import RawLocalServices
 
     ran: list[argparse.Namespace] = []
-    extra = Plugin(
-        commands=(
-            Command("ping", "answer", lambda args: ran.append(args) or 3,
-                    lambda parser: parser.add_argument("--times", type=int)),
-        ),
-        settings=(RawLocalServices,),
-    )
+
+    def ping(args: argparse.Namespace) -> int:
+        ran.append(args)
+        return 3
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--times", type=int)
+
+    extra = Plugin(commands=(Command("ping", "answer", ping, add_arguments),),
+                   settings=(RawLocalServices,))
     assert main(["ping", "--times", "2"], plugins=[extra]) == 3
     assert ran[0].times == 2
     assert main(["config"], plugins=[extra]) == 0
