@@ -268,4 +268,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: plugins are built from
+    # streams.cli's classes, which the copy's isinstance check would not recognise.
+    from streams.cli import main as module_main
+
+    sys.exit(module_main())

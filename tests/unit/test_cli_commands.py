@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from load.commands import COMMANDS
-from streams.cli import Command, Plugin, main
+from streams.cli import PLUGIN_GROUP, Command, Plugin, main
 from tests.conftest import PROJECT_ROOT, declared_plugins, nudgestream
 
 README = PROJECT_ROOT / "README.md"
@@ -47,6 +51,25 @@ def test_the_development_commands_are_the_plugin_pyproject_declares() -> None:
     """After ``pip install``, the console script finds them through the entry point."""
     assert declared_plugins() == [COMMANDS]
     assert {c.name for c in COMMANDS.commands} == {"services", "bench", "produce", "demo"}
+
+
+def test_an_installed_console_script_discovers_the_declared_commands(tmp_path: Path) -> None:
+    """The entry point as an install writes it (a dist-info folder), found by discovery."""
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    info = tmp_path / f"nudgestream-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: nudgestream\nVersion: {project['version']}\n")
+    declared = project["entry-points"][PLUGIN_GROUP]
+    (info / "entry_points.txt").write_text(
+        f"[{PLUGIN_GROUP}]\n" + "".join(f"{name} = {value}\n" for name, value in declared.items())
+    )
+    # Ahead of the installed metadata, which may predate an edit of pyproject.toml.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(tmp_path)])}
+    shown = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "--help"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    assert all(f"    {name} " in shown for name in ("services", "bench", "produce", "demo", "worker"))
 
 
 def test_a_plugin_adds_its_commands_and_its_settings_to_config(
