@@ -81,8 +81,8 @@ from load.decisions import DECISION_GRACE_S, DecisionWatcher
 from load.demo import DemoWorker, Snapshot, scrape
 from load.generator import GeneratedEvent, GeneratorConfig, SyntheticWorld, generate_events
 from load.producer import produce
+from load.services import KAFKA_VERSION
 from streams.admin import create_topics
-from streams.services import KAFKA_VERSION
 from streams.settings import Settings, load
 
 #: Goals the figures are judged against (docs/BENCHMARKS.md).

@@ -23,10 +23,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from load import services
 from load.cli import send
 from load.decisions import DECISION_GRACE_S, PUSHED, DecisionTally, DecisionWatcher
 from models.policy import Outcome
-from streams import services
 from streams.admin import create_topics
 from streams.settings import Settings, load
 

@@ -32,7 +32,7 @@ from models.features import FeatureConfig, should_sample
 from models.policy import copy_profile
 from models.profile import Profile, ProfileConfig, update
 from streams import metrics
-from streams.batches import BACKGROUND_BATCH, acting_for, batches, release, unsettled
+from streams.batches import BACKGROUND_BATCH, batches, release, unsettled
 from streams.codecs import dlq_record
 from streams.cooccurrence import (
     FLUSH_INTERVAL_S,
@@ -45,6 +45,7 @@ from streams.cooccurrence import (
 )
 from streams.decisions import DecisionEngine
 from streams.erasure import EXPIRE, FORGET, Eraser
+from streams.faust_internals import acting_for, committed_offset, recovery_completed
 from streams.refetch import Refetcher
 from streams.segmentation import (
     SNAPSHOT_INTERVAL_S,
@@ -390,7 +391,7 @@ class Worker:
         # Changelogs are assigned too, but read by the table recovery, never committed.
         tps = [tp for tp in consumer.assignment() if self.app.topics.acks_enabled_for(tp.topic)]
         committed: dict[TP, int | None] = {
-            tp: consumer._committed_offset.get(tp) for tp in tps  # type: ignore[attr-defined]  # no public accessor
+            tp: committed_offset(consumer, tp) for tp in tps
         }
         # Faust knows no offset for a partition with no commit (or one at offset 0): the
         # group starts it from the beginning, so the whole partition is behind.
@@ -461,7 +462,7 @@ class Worker:
 
         @app.page("/readyz")
         async def readyz(web: Any, request: Any) -> Any:
-            ready = app.rebalancing is False and app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+            ready = app.rebalancing is False and recovery_completed(app)
             return web.json({"ready": ready}, status=200 if ready else 503)
 
 

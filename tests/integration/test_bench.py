@@ -18,8 +18,8 @@ import pytest
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
+from load import services
 from load.bench import add_bench_arguments, run_bench_command
-from streams import services
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -21,12 +21,13 @@ import redis.asyncio as aioredis
 from redis.asyncio import Connection, ConnectionPool
 from referencing import Registry, Resource
 
+from load import services
 from models.cooccurrence import CoocConfig
 from models.events import Event, EventType
 from models.limits import LimitRequest, LimitResult
 from models.policy import AUDIT_SCHEMA_VERSION, copy_profile
 from models.profile import Profile, ProfileConfig, update
-from streams import services, settings
+from streams import settings
 from streams.cooccurrence import PopularCache, RelatedItemsStore
 from streams.decisions import DecisionEngine
 from streams.segmentation import SnapshotFollower

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from load import services
 from load.generator import (
     EXPECTED_REJECTION,
     GeneratedEvent,
@@ -45,7 +46,6 @@ from models.cooccurrence import Row
 from models.events import Event, EventType, Rejection, decode_event
 from models.profile import Profile, event_fingerprint
 from models.replay import Replay
-from streams import services
 from streams.admin import create_topics
 from streams.cooccurrence import decode_pairs
 from streams.topics import Topics

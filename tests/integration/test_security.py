@@ -23,9 +23,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.exceptions import AuthenticationError
 
+from load import services
 from models.events import Event, EventType
 from models.limits import LimitConfig, LimitRequest, SuppressReason
-from streams import services
 from streams.app import _credentials, redis_client
 from streams.limiter import LimiterUnavailableError, RedisLimiter
 from streams.settings import Settings

@@ -8,12 +8,14 @@ import doctest
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
 
 import streams.notify
+from streams import notify_dedupe, notify_handler, notify_loop, notify_parse
 from streams.notify import (
     Backoff,
     DecisionHandler,
@@ -274,5 +276,11 @@ def test_the_command_line_options_parse() -> None:
         parser.parse_args(["--max-messages", "0"])
 
 
-def test_the_module_examples_run() -> None:
-    assert doctest.testmod(streams.notify).failed == 0
+@pytest.mark.parametrize(
+    "module",
+    [streams.notify, notify_parse, notify_dedupe, notify_handler, notify_loop],
+    ids=lambda m: m.__name__,
+)
+def test_the_module_examples_run(module: ModuleType) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from streams.settings import ConfigError, describe, load, load_local_services
+from load.local_settings import RawLocalServices, load_local_services
+from streams.config_values import describe as describe_declared
+from streams.settings import ConfigError, describe, load
 from tests.conftest import PROJECT_ROOT
 
 
@@ -50,7 +52,7 @@ def test_secrets_are_redacted_for_logging() -> None:
 
 
 def test_every_setting_is_documented() -> None:
-    for variable, _default, meaning in describe():
+    for variable, _default, meaning in describe() + describe_declared(RawLocalServices):
         assert variable.startswith("NUDGESTREAM_") and meaning
 
 
@@ -71,7 +73,7 @@ def test_local_services_start_with_the_machines_clock_even_under_faketime(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A JVM or redis-server under libfaketime misbehaves: only the test process is faked."""
-    from streams.services import real_clock_env
+    from load.services import real_clock_env
 
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
     monkeypatch.setenv("FAKETIME", "@2026-12-02 23:30:00")
@@ -91,7 +93,8 @@ def test_config_lists_every_variable_the_code_reads() -> None:
         if path.suffix in {".py", ".sh"}
     ]
     read = {name for path in sources for name in pattern.findall(path.read_text())}
-    listed = {variable for variable, _, _ in describe()}
+    # The workers' settings, and the development services' (load/ declares those).
+    listed = {variable for variable, _, _ in describe() + describe_declared(RawLocalServices)}
     assert {"NUDGESTREAM_LOCAL_KAFKA_PORT", "NUDGESTREAM_SERVICES_DIR"} <= read
     assert read <= listed, sorted(read - listed)
 
