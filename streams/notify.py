@@ -9,7 +9,13 @@ transactions are never seen) and, for each decision:
    than none;
 3. hands it to a :class:`DecisionSender` (default :class:`JsonLinesSender`: JSON lines
    on stdout or appended to a file; a real deployment plugs in its push provider);
-4. commits the offset only after the sender succeeded. On a sender error the record's
+4. reports what it did on ``notifications.outcomes`` (``schemas/outcome.v1.json``):
+   ``sent`` after the sender succeeded, ``failed`` with reason ``expired`` for a decision
+   it skipped as too late, and ``failed`` with reason ``sender_error`` for each failed
+   sender call (at-least-once: the worker counts each ``decision_id`` and kind once, so
+   the retries and a re-read poll are harmless);
+5. commits the offset only after the sender succeeded and its outcomes were
+   acknowledged by the broker. On a sender error the record's
    partition is rewound to it and retried with exponential backoff; no offset past it
    is committed, so a restart delivers it again. The worker keeps polling while it
    retries, so it stays in its consumer group however long the sender is down.
@@ -30,7 +36,7 @@ second dependency on the last hop; a push provider that takes ``decision_id`` as
 idempotency key closes it, so the id is passed through unchanged in every decision.
 
 Metrics (own registry, own port, default 6067, ``/metrics``):
-``nudgestream_notify_{received,sent,duplicates,expired,invalid,sender_errors}_total``
+``nudgestream_notify_{received,sent,duplicates,expired,invalid,sender_errors,outcomes}_total``
 and ``nudgestream_notify_latency_seconds`` (``decided_at`` to the sender's success).
 
 >>> seen = SeenDecisions(capacity=2)
@@ -60,6 +66,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from models.outcomes import OutcomeKind
+from streams.client import EventProducer, InvalidEvent
 from streams.metrics import LATENCY_BUCKETS
 from streams.settings import Settings
 
@@ -80,6 +88,14 @@ class DecisionSender(Protocol):
     """Delivers one decision (the decoded ``notifications.push`` value); raises on failure."""
 
     async def send(self, decision: dict[str, Any]) -> None: ...
+
+
+class OutcomeReporter(Protocol):
+    """Where the worker reports outcomes (:class:`streams.client.EventProducer` is one)."""
+
+    async def report_outcome(self, outcome: Mapping[str, Any]) -> Any: ...
+
+    async def flush(self) -> None: ...
 
 
 class JsonLinesSender:
@@ -188,6 +204,7 @@ class NotifyMetrics:
         self.expired = counter("expired", "Decisions skipped because they were past expires_at.")
         self.invalid = counter("invalid", "Records skipped: not a decision this worker can act on.")
         self.sender_errors = counter("sender_errors", "Failed sender calls (each is retried).")
+        self.outcomes = counter("outcomes", "Outcomes (sent, failed) reported on the outcomes topic.")
         self.latency = Histogram(
             "nudgestream_notify_latency_seconds",
             "Time from a decision's decided_at to the sender's success.",
@@ -205,11 +222,14 @@ class DecisionHandler:
         metrics: NotifyMetrics,
         seen: SeenDecisions | None = None,
         clock: Clock = time.time,
+        reporter: OutcomeReporter | None = None,
     ) -> None:
         self.sender = sender
         self.metrics = metrics
         self.seen = seen or SeenDecisions()
         self.clock = clock
+        #: None: outcomes are not reported (a sender used on its own).
+        self.reporter = reporter
 
     async def handle(self, value: bytes | None) -> bool:
         """True when the record is settled (its offset may be committed), False to retry."""
@@ -225,17 +245,47 @@ class DecisionHandler:
             return True
         if now > decision.expires_at:
             self.metrics.expired.inc()
+            await self._report(decision, OutcomeKind.FAILED, "expired", f"past expires_at {decision.expires_at}")
             return True
         try:
             await self.sender.send(decision.doc)
-        except Exception:
+        except Exception as exc:
             self.metrics.sender_errors.inc()
             log.warning("sender failed for decision %s; will retry", decision.decision_id, exc_info=True)
+            await self._report(decision, OutcomeKind.FAILED, "sender_error", f"{type(exc).__name__}: {exc}")
             return False
         self.seen.add(decision.decision_id, decision.expires_at)
         self.metrics.sent.inc()
         self.metrics.latency.observe(max(0.0, self.clock() - decision.decided_at))
+        await self._report(decision, OutcomeKind.SENT)
         return True
+
+    async def _report(
+        self, decision: Decision, kind: OutcomeKind, reason: str | None = None, detail: str | None = None
+    ) -> None:
+        """Queue the outcome; :meth:`flush` waits for it before the offset is committed."""
+        if self.reporter is None:
+            return
+        outcome = {
+            "kind": kind.value, "decision_id": decision.decision_id,
+            "user_id": decision.doc.get("user_id"), "ts": self.clock(),
+        }
+        if reason is not None:
+            outcome["reason"] = reason
+        if detail is not None:
+            outcome["detail"] = detail[:256]
+        try:
+            await self.reporter.report_outcome(outcome)
+        except InvalidEvent as exc:
+            # A decision without a usable user_id: the push matters more than its report.
+            log.warning("cannot report %s of decision %s: %s", kind, decision.decision_id, exc)
+            return
+        self.metrics.outcomes.inc()
+
+    async def flush(self) -> None:
+        """Wait until the broker has every outcome reported so far."""
+        if self.reporter is not None:
+            await self.reporter.flush()
 
 
 class Record(Protocol):
@@ -332,6 +382,7 @@ async def consume(
         last_record = clock()
         outcome = await process_batch(records, handler)
         settled += outcome.settled
+        await handler.flush()  # at-least-once: the outcomes are on the broker before the commit
         await _commit(consumer, outcome.commits)
         for partition, offset in outcome.rewinds.items():
             _rewind(consumer, partition, offset)
@@ -391,8 +442,9 @@ async def run_notifier(
     )
     try:
         await consumer.start()
-        handler = DecisionHandler(sender, metrics or NotifyMetrics())
-        return await consume(consumer, handler, limits, batch=batch, backoff=backoff)
+        async with EventProducer.from_settings(settings, client_id=f"{group}-outcomes") as reporter:
+            handler = DecisionHandler(sender, metrics or NotifyMetrics(), reporter=reporter)
+            return await consume(consumer, handler, limits, batch=batch, backoff=backoff)
     finally:
         await consumer.stop()
 
