@@ -116,6 +116,8 @@ class OutcomeTracker:
         if self.released(events, "outcomes"):
             return
         for key, (marks, source) in batch.marks.items():
+            if not marks:
+                continue
             # Read again: a decision may have been recorded while the batch was sent.
             log = DecisionLog.from_bytes(self.table.get(key))
             for decision_id, kind in marks:
@@ -139,8 +141,8 @@ class OutcomeTracker:
             # The user's record is on the user's partition: re-key, as for events.
             batch.sent.append(await self.topic.send(key=key, value=message.value))
             return
-        log = batch.logs.get(key) or DecisionLog.from_bytes(self.table.get(key))
-        entry = log.find(decoded.decision_id)
+        # Read at each outcome: the decision path may have recorded a decision since.
+        entry = DecisionLog.from_bytes(self.table.get(key)).find(decoded.decision_id)
         if entry is None:
             detail = (
                 f"decision_id {decoded.decision_id[:40]!r} is not one of the user's last "
@@ -149,12 +151,13 @@ class OutcomeTracker:
             )
             await self._reject(batch, Rejection(RejectReason.UNKNOWN_DECISION, detail), message)
             return
-        if log.observe(decoded.decision_id, decoded.kind):
-            batch.logs[key] = log
-            batch.marks.setdefault(key, ([], event))[0].append((decoded.decision_id, decoded.kind))
-            batch.counted.append((decoded.kind, entry))
-        else:
+        mark = (decoded.decision_id, decoded.kind)
+        marks = batch.marks.setdefault(key, ([], event))[0]
+        if decoded.kind in entry.seen or mark in marks:
             batch.duplicates += 1
+        else:
+            marks.append(mark)
+            batch.counted.append((decoded.kind, entry))
 
     async def _reject(self, batch: _OutcomeBatch, rejection: Rejection, message: Message) -> None:
         batch.sent.append(await self.dead_letter(rejection, message, batch.now))
@@ -165,8 +168,6 @@ class OutcomeTracker:
 class _OutcomeBatch:
     now: float
     sent: list[Awaitable[RecordMetadata]] = field(default_factory=list)
-    #: Each user's record as this batch left it (to see duplicates within the batch).
-    logs: dict[bytes, DecisionLog] = field(default_factory=dict)
     #: The outcomes to mark per user, with an outcome of the user to write them for.
     marks: dict[bytes, tuple[list[tuple[str, OutcomeKind]], EventT[bytes]]] = field(default_factory=dict)
     counted: list[tuple[OutcomeKind, DecidedPush]] = field(default_factory=list)

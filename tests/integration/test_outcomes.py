@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,18 +54,25 @@ class Inbox:
             self.stop.set()
 
 
+async def browse(deployment: Deployment, worker: WorkerProcess, users: list[str]) -> None:
+    """Readers make popular lamps, then each user views two of them."""
+    settings = deployment.settings
+    now = time.time()
+    tag = uuid.uuid4().hex[:6]  # new events each time: a profile skips event ids it has seen
+    catalogue = [Event(f"c{n}-{tag}", EventType.VIEW, f"reader{n}-{tag}", f"lamp{n % 4}", now - 60, "lamps") for n in range(12)]
+    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in catalogue])
+    await wait_for(worker, lambda m: m["nudgestream_related_items_writes_total"] >= 4, "related items")
+    browsing = [
+        Event(f"{user}-{k}", EventType.VIEW, user, f"lamp{k}", now - 5 + k, "lamps")
+        for user in users for k in range(2)
+    ]
+    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in browsing])
+
+
 async def decisions_of(deployment: Deployment, worker: WorkerProcess) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Browse with every user and return (pushes, holdout records) once all are decided."""
     settings = deployment.settings
-    now = time.time()
-    catalogue = [Event(f"c{n}", EventType.VIEW, f"reader{n}", f"lamp{n % 4}", now - 60, "lamps") for n in range(12)]
-    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in catalogue])
-    await wait_for(worker, lambda m: m.get("nudgestream_related_items_writes_total", 0) >= 4, "related items")
-    browsing = [
-        Event(f"{user}-{k}", EventType.VIEW, user, f"lamp{k}", now - 5 + k, "lamps")
-        for user in USERS for k in range(2)
-    ]
-    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in browsing])
+    await browse(deployment, worker, USERS)
     deadline = time.monotonic() + 40
     while True:
         pushes = [decode_json(v) for _, v in await read_topic(settings.kafka_bootstrap, settings.topics.push, until=10**6, timeout_s=2)]
@@ -135,3 +143,28 @@ async def test_outcomes_are_checked_against_the_decisions_and_counted_once(deplo
         restarted, lambda m: m["nudgestream_push_outcomes_duplicate_total"] == 1, "the replayed click"
     )
     assert values[outcomes_metric("clicked")] == 0
+
+
+async def test_a_delayed_push_decided_by_the_deferred_agent_is_recorded_too(deployment: Deployment) -> None:
+    deployment.stop_all()  # this test needs a worker with other triggers
+    worker = deployment.start_worker(
+        NUDGESTREAM_TRIGGERS="browse_abandoned", NUDGESTREAM_ABANDON_DELAY_S="3",
+        NUDGESTREAM_HOLDOUT_PERCENT="0",
+    )
+    worker.wait_ready()
+    settings = deployment.settings
+    await browse(deployment, worker, ["pia"])
+    deadline = time.monotonic() + 40
+    while not (pushes := [
+        decode_json(v) for k, v in await read_topic(settings.kafka_bootstrap, settings.topics.push, until=10**6, timeout_s=2)
+        if k == b"pia"
+    ]):
+        assert time.monotonic() < deadline, worker.log_tail()
+    assert [p["trigger"] for p in pushes] == ["browse_abandoned"]
+    async with EventProducer.from_settings(settings) as producer:
+        await (await producer.report_outcome(
+            {"kind": "opened", "decision_id": pushes[0]["decision_id"], "user_id": "pia"}
+        ))
+    await wait_for(
+        worker, lambda m: m[outcomes_metric("opened", trigger="browse_abandoned")] == 1, "the opened reminder"
+    )
