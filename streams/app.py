@@ -46,6 +46,7 @@ from streams.cooccurrence import (
 from streams.decisions import DecisionEngine
 from streams.erasure import EXPIRE, FORGET, Eraser
 from streams.faust_internals import acting_for, committed_offset, recovery_completed
+from streams.outcomes import OutcomeTracker
 from streams.refetch import Refetcher
 from streams.segmentation import (
     SNAPSHOT_INTERVAL_S,
@@ -120,10 +121,19 @@ class Worker:
         self.segments = SnapshotFollower(settings)
         self.trainer = SegmentTrainerService(settings, self.redis)
         self.decisions = DecisionEngine(self.app, settings, self.related, self.segments, self.pending)
-        self.eraser = Eraser(settings, self.redis, self.profiles, self.pending, self._send_command)
+        self.decided = self._table("decided")
+        self.outcomes = OutcomeTracker(
+            self.app, settings, self.decided, self.refetcher, self._dead_letter, self._released
+        )
+        self.decisions.on_allowed = self.outcomes.record
+        self.eraser = Eraser(
+            settings, self.redis, self.profiles, {"pending": self.pending, "decided": self.decided},
+            self._send_command,
+        )
         self.app.agent(self.events_topic, name="ingest")(self._ingest)
         self.app.agent(self.cooc_topic, name="cooc")(self._cooccurrence)
         self.app.agent(self.deferred_topic, name="deferred")(self._deferred)
+        self.app.agent(self.outcomes.topic, name="outcomes")(self.outcomes.consume)
         self._every(1.0, self.decisions.fire_due)
         self._every(min(RETENTION_SWEEP_S, self.eraser.retention_s / 10), self.eraser.sweep)
         self.app.agent(self.segments_train_topic, name="segment-trainer")(self._train_segments)
@@ -195,6 +205,7 @@ class Worker:
         await asyncio.gather(*batch.sent, *self.decisions.take_sent())
         if self._released(events, "ingest"):
             return
+        self.outcomes.persist(events)
         for user_key, (profile, event) in batch.profiles.items():
             with acting_for(event):
                 self.profiles[user_key] = profile.to_bytes()

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
@@ -122,6 +122,9 @@ class DecisionEngine:
         #: Acknowledgements of the messages sent and not yet waited for, per agent task
         #: (the ingest and deferred agents share this engine; see take_sent).
         self._sent: dict[asyncio.Task[Any] | None, list[Awaitable[Any]]] = {}
+        #: Called with (trigger, decision as pushed, in the control group?) for every
+        #: allowed decision (see streams.outcomes.OutcomeTracker.record).
+        self.on_allowed: Callable[[Trigger, Decision, bool], None] | None = None
 
     async def reconcile(self, partitions: Sequence[int]) -> int:
         """On assignment: mark pushes already on the topic as published in the limiter.
@@ -267,9 +270,13 @@ class DecisionEngine:
 
     async def _act(self, trigger: Trigger, decision: Decision, result: LimitResult) -> None:
         if result.verdict is Verdict.ALLOWED:
+            holdout = in_holdout(decision.user_id, self.policy.holdout_percent, self.policy.holdout_salt)
+            if self.on_allowed is not None:
+                # Replays too: the record of a decision published before a crash may be lost.
+                self.on_allowed(trigger, decision.restricted_to(result.items), holdout)
             if result.replayed and result.published:
                 return  # published before a crash: never twice
-            if in_holdout(decision.user_id, self.policy.holdout_percent, self.policy.holdout_salt):
+            if holdout:
                 await self._audit(decision, Outcome.HOLDOUT, HOLDOUT)
                 return
             await self._publish(decision.restricted_to(result.items))

@@ -9,7 +9,11 @@ transactions are never seen) and, for each decision:
    than none;
 3. hands it to a :class:`DecisionSender` (default :class:`JsonLinesSender`: JSON lines
    on stdout or appended to a file; a real deployment plugs in its push provider);
-4. commits the offset only after the sender succeeded. On a sender error the record's
+4. reports what it did on ``notifications.outcomes`` (``schemas/outcome.v1.json``):
+   ``sent``, or ``failed`` with reason ``expired`` or ``sender_error``
+   (:mod:`streams.notify_outcomes`);
+5. commits the offset only after the sender succeeded and its outcomes were
+   acknowledged by the broker. On a sender error the record's
    partition is rewound to it and retried with exponential backoff; no offset past it
    is committed, so a restart delivers it again. The worker keeps polling while it
    retries, so it stays in its consumer group however long the sender is down.
@@ -35,7 +39,7 @@ The pieces: :mod:`streams.notify_parse` (the fields acted on),
 commits, retries); this module is the command and exports them all.
 
 Metrics (own registry, own port, default 6067, ``/metrics``):
-``nudgestream_notify_{received,sent,duplicates,expired,invalid,sender_errors}_total``
+``nudgestream_notify_{received,sent,duplicates,expired,invalid,sender_errors,outcomes}_total``
 and ``nudgestream_notify_latency_seconds`` (``decided_at`` to the sender's success).
 
 >>> seen = SeenDecisions(capacity=2)

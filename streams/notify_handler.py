@@ -29,8 +29,10 @@ from typing import IO, Any, Protocol
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from models.outcomes import OutcomeKind
 from streams.metrics import LATENCY_BUCKETS
 from streams.notify_dedupe import SeenDecisions
+from streams.notify_outcomes import OutcomeReporter, OutcomeReports
 from streams.notify_parse import parse_decision
 
 log = logging.getLogger("nudgestream.notify")
@@ -76,6 +78,7 @@ class NotifyMetrics:
         self.expired = counter("expired", "Decisions skipped because they were past expires_at.")
         self.invalid = counter("invalid", "Records skipped: not a decision this worker can act on.")
         self.sender_errors = counter("sender_errors", "Failed sender calls (each is retried).")
+        self.outcomes = counter("outcomes", "Outcomes (sent, failed) reported on the outcomes topic.")
         self.latency = Histogram(
             "nudgestream_notify_latency_seconds",
             "Time from a decision's decided_at to the sender's success.",
@@ -93,11 +96,14 @@ class DecisionHandler:
         metrics: NotifyMetrics,
         seen: SeenDecisions | None = None,
         clock: Clock = time.time,
+        reporter: OutcomeReporter | None = None,
     ) -> None:
         self.sender = sender
         self.metrics = metrics
         self.seen = seen or SeenDecisions()
         self.clock = clock
+        #: A reporter of None: outcomes are not reported (a sender used on its own).
+        self.outcomes = OutcomeReports(reporter, metrics.outcomes, clock)
 
     async def handle(self, value: bytes | None) -> bool:
         """True when the record is settled (its offset may be committed), False to retry."""
@@ -111,16 +117,31 @@ class DecisionHandler:
         if self.seen.contains(decision.decision_id, now):
             self.metrics.duplicates.inc()
             return True
+        report = self.outcomes.report
+        user_id = decision.doc.get("user_id")
         if now > decision.expires_at:
             self.metrics.expired.inc()
+            await report(
+                decision.decision_id, user_id, OutcomeKind.FAILED, "expired",
+                f"past expires_at {decision.expires_at}",
+            )
             return True
         try:
             await self.sender.send(decision.doc)
-        except Exception:
+        except Exception as exc:
             self.metrics.sender_errors.inc()
             log.warning("sender failed for decision %s; will retry", decision.decision_id, exc_info=True)
+            await report(
+                decision.decision_id, user_id, OutcomeKind.FAILED, "sender_error",
+                f"{type(exc).__name__}: {exc}",
+            )
             return False
         self.seen.add(decision.decision_id, decision.expires_at)
         self.metrics.sent.inc()
         self.metrics.latency.observe(max(0.0, self.clock() - decision.decided_at))
+        await report(decision.decision_id, user_id, OutcomeKind.SENT)
         return True
+
+    async def flush(self) -> None:
+        """Wait until the broker has every outcome reported so far."""
+        await self.outcomes.flush()

@@ -29,6 +29,7 @@ from typing import Any, Final, Protocol
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from streams.client import EventProducer
 from streams.notify_handler import Clock, DecisionHandler, DecisionSender, NotifyMetrics
 from streams.settings import Settings
 
@@ -135,6 +136,7 @@ async def consume(
         last_record = clock()
         outcome = await process_batch(records, handler)
         settled += outcome.settled
+        await handler.flush()  # at-least-once: the outcomes are on the broker before the commit
         await _commit(consumer, outcome.commits)
         for partition, offset in outcome.rewinds.items():
             _rewind(consumer, partition, offset)
@@ -194,7 +196,8 @@ async def run_notifier(
     )
     try:
         await consumer.start()
-        handler = DecisionHandler(sender, metrics or NotifyMetrics())
-        return await consume(consumer, handler, limits, batch=batch, backoff=backoff)
+        async with EventProducer.from_settings(settings, client_id=f"{group}-outcomes") as reporter:
+            handler = DecisionHandler(sender, metrics or NotifyMetrics(), reporter=reporter)
+            return await consume(consumer, handler, limits, batch=batch, backoff=backoff)
     finally:
         await consumer.stop()

@@ -14,7 +14,7 @@ from models.events import EventType
 
 DAY_MS = 24 * 3600 * 1000
 #: The worker's changelog-backed tables; Faust names their topics ``<app_id>-<table>-changelog``.
-TABLES = ("profiles", "cooc", "pending")
+TABLES = ("profiles", "cooc", "pending", "decided")
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,10 @@ class Topics:
     def deferred(self) -> str:
         return self._name("notifications.deferred")
 
+    @property
+    def outcomes(self) -> str:
+        return self._name("notifications.outcomes")
+
     def specs(self) -> tuple[TopicSpec, ...]:
         return (
             *(TopicSpec(name, None, 7 * DAY_MS) for name in self.events.values()),
@@ -101,4 +105,7 @@ class Topics:
             TopicSpec(self.push, None, 7 * DAY_MS),
             TopicSpec(self.suppressed, None, 30 * DAY_MS),
             TopicSpec(self.deferred, None, 7 * DAY_MS),
+            # Co-partitioned with the events: the worker checks an outcome against the
+            # user's recent decisions, kept in a table of the user's partition.
+            TopicSpec(self.outcomes, None, 7 * DAY_MS),
         )

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from referencing import Registry, Resource
 
 from models.events import EventType, Rejection, RejectReason
+from models.outcomes import OutcomeKind, PushOutcome, decode_outcome
 from models.policy import (
     AUDIT_SCHEMA_VERSION,
     NO_CANDIDATES,
@@ -49,7 +50,8 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 
 
 def test_the_contracts_of_this_release_are_all_published() -> None:
-    assert {"event.v1.json", "dlq.v1.json", "decision.v1.json", "audit.v1.json", AUDIT} <= set(SCHEMAS)
+    published = {"event.v1.json", "dlq.v1.json", "decision.v1.json", "audit.v1.json", AUDIT, "outcome.v1.json"}
+    assert published <= set(SCHEMAS)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
@@ -272,21 +274,29 @@ def test_the_topics_document_states_the_partitions_retention_and_cleanup_really_
 
 
 def documented_records() -> list[dict[str, Any]]:
-    """Every JSON example of a decision or audit record in docs/TOPICS.md."""
+    """Every JSON example of a decision, audit or outcome record in docs/TOPICS.md."""
     blocks = re.findall(r"```json\n(.*?)```", (PROJECT_ROOT / "docs" / "TOPICS.md").read_text(), re.S)
     records = [json.loads(block) for block in blocks]
     return [r for r in records if isinstance(r, dict) and "decision_id" in r]
 
 
-def test_the_topics_document_shows_decisions_and_audit_records() -> None:
-    kinds = {"audit" if "outcome" in r else "decision" for r in documented_records()}
-    assert kinds == {"decision", "audit"}
+def contract_of(record: dict[str, Any]) -> str:
+    """The schema a documented record claims: outcomes have a kind, audits an outcome."""
+    if "kind" in record:
+        return "outcome.v1.json"
+    return f"audit.v{record['schema']}.json" if "outcome" in record else "decision.v1.json"
 
 
-@pytest.mark.parametrize("record", documented_records(), ids=lambda r: str(r["decision_id"]))
+def test_the_topics_document_shows_decisions_audit_records_and_outcomes() -> None:
+    kinds = {contract_of(r) for r in documented_records()}
+    assert kinds == {"decision.v1.json", AUDIT, "outcome.v1.json"}
+
+
+@pytest.mark.parametrize(
+    "record", documented_records(), ids=lambda r: f"{r['decision_id']}-{r.get('kind', '')}"
+)
 def test_every_documented_record_validates_against_its_schema(record: dict[str, Any]) -> None:
-    name = f"audit.v{record['schema']}.json" if "outcome" in record else "decision.v1.json"
-    validator(name).validate(record)
+    validator(contract_of(record)).validate(record)
 
 
 def test_the_decision_and_audit_enums_are_the_codes() -> None:
@@ -298,3 +308,51 @@ def test_the_decision_and_audit_enums_are_the_codes() -> None:
     examples = SCHEMAS["decision.v1.json"]["examples"] + SCHEMAS[AUDIT]["examples"]
     assert {e["trigger"] for e in examples} == set(trigger), "an example of every trigger"
     assert {e["outcome"] for e in SCHEMAS[AUDIT]["examples"]} == set(outcome), "and of every outcome"
+
+
+# --- push outcomes ---------------------------------------------------------------------
+
+
+def outcome_examples() -> list[dict[str, Any]]:
+    documented = [r for r in documented_records() if contract_of(r) == "outcome.v1.json"]
+    return [*SCHEMAS["outcome.v1.json"]["examples"], *documented]
+
+
+def test_the_outcome_contract_lists_the_kinds_the_code_knows() -> None:
+    schema = SCHEMAS["outcome.v1.json"]
+    assert schema["properties"]["kind"]["enum"] == [k.value for k in OutcomeKind]
+    assert set(schema["properties"]) == {"schema", *PushOutcome.__dataclass_fields__}
+    assert {e["kind"] for e in schema["examples"]} >= {"sent", "failed", "clicked"}
+
+
+@pytest.mark.parametrize("example", outcome_examples(), ids=lambda e: f"{e['decision_id']}-{e['kind']}")
+def test_every_outcome_example_is_accepted_by_the_worker_and_round_trips(example: dict[str, Any]) -> None:
+    # The examples' clock: the failed one is reported after its decision expired.
+    decoded = decode_outcome(orjson.dumps(example), now=NOW + 3600)
+    assert isinstance(decoded, PushOutcome), decoded
+    assert decoded.to_dict() == example
+
+
+@given(
+    kind=st.sampled_from(OutcomeKind),
+    ids=st.tuples(st.text(min_size=1, max_size=128), st.text(min_size=1, max_size=128)),
+    ts=st.floats(946_684_800, NOW),
+    reason=st.none() | st.text(min_size=1, max_size=64),
+    detail=st.none() | st.text(max_size=256),
+)
+def test_every_outcome_the_worker_accepts_validates_against_the_contract(
+    kind: OutcomeKind, ids: tuple[str, str], ts: float, reason: str | None, detail: str | None
+) -> None:
+    outcome = PushOutcome(kind, ids[0], ids[1], ts, reason, detail)
+    assert decode_outcome(outcome.to_bytes(), now=NOW) == outcome
+    validator("outcome.v1.json").validate(outcome.to_dict())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"kind": "liked"}, {"decision_id": ""}, {"user_id": None}, {"ts": "now"}, {"reason": ""}],
+)
+def test_a_malformed_outcome_breaks_the_contract_and_the_decoder(change: dict[str, Any]) -> None:
+    example = {**SCHEMAS["outcome.v1.json"]["examples"][0], **change}
+    assert not validator("outcome.v1.json").is_valid(example)
+    assert isinstance(decode_outcome(orjson.dumps(example), now=NOW), Rejection)
