@@ -447,7 +447,7 @@ class Worker:
 
 def _faust_app(settings: Settings) -> faust.App:
     store = "rocksdb://" if settings.store == "rocksdb" else "memory://"
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=settings.broker_urls,
         broker_credentials=_credentials(settings),
@@ -470,7 +470,21 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 10),
         table_standby_replicas=0,
         web_in_thread=False,
+        # aiokafka keeps one request in flight per broker and waits, message by message,
+        # for a full batch of a partition to be sent: with Faust's 16 KiB, a few 1 KiB
+        # profile writes fill it and hold every other write up for a round trip.
+        producer_max_batch_size=settings.producer_max_batch_bytes,
     )
+
+    async def raise_producer_buffer_limit() -> None:
+        # Table writes queue in Faust's ProducerBuffer; past max_messages (100) the
+        # conductor waits for it to drain before it hands *any* stream its next message
+        # ("producer buffer full"): under load that stopped the worker for 40 % of the
+        # time (docs/BENCHMARKS.md). The buffer is still drained before every commit.
+        app.producer.buffer.max_messages = settings.producer_buffer_max_messages
+
+    app.task(raise_producer_buffer_limit)
+    return app
 
 
 def _credentials(settings: Settings) -> Any:

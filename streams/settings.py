@@ -66,6 +66,13 @@ class RawSettings:
     batch_wait_ms: str = _env(
         "BATCH_WAIT_MS", "5", "longest wait of the ingest agent for a fuller batch (integer ms, 1-1000)"
     )
+    producer_buffer_max_messages: str = _env(
+        "PRODUCER_BUFFER_MAX_MESSAGES", "20000",
+        "table writes Faust may hold unsent before it stops every stream to drain them (100-1000000)",
+    )
+    producer_max_batch_bytes: str = _env(
+        "PRODUCER_MAX_BATCH_BYTES", "1048576", "largest producer batch per partition (bytes, 16384-16777216)"
+    )
     max_future_skew_s: str = _env("MAX_FUTURE_SKEW_S", "300", "future event-time tolerance (s)")
     profile_half_life_s: str = _env("PROFILE_HALF_LIFE_S", "21600", "interest half-life (s)")
     pseudonym_key: str = _env("PSEUDONYM_KEY", "", "secret key for user pseudonyms in logs")
@@ -113,6 +120,8 @@ class Settings:
     max_future_skew_s: float
     batch_max_events: int
     batch_wait_s: float
+    producer_buffer_max_messages: int
+    producer_max_batch_bytes: int
     profile_half_life_s: float
     pseudonym_key: bytes
     default_tz: str
@@ -264,6 +273,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         max_future_skew_s=_parse("MAX_FUTURE_SKEW_S", raw.max_future_skew_s, _positive_float),
         batch_max_events=_parse("BATCH_MAX_EVENTS", raw.batch_max_events, _int_between(1, 10_000)),
         batch_wait_s=_parse("BATCH_WAIT_MS", raw.batch_wait_ms, _int_between(1, 1000)) / 1000.0,
+        producer_buffer_max_messages=_parse(
+            "PRODUCER_BUFFER_MAX_MESSAGES", raw.producer_buffer_max_messages, _int_between(100, 1_000_000)
+        ),
+        producer_max_batch_bytes=_parse(
+            "PRODUCER_MAX_BATCH_BYTES", raw.producer_max_batch_bytes, _int_between(16_384, 1 << 24)
+        ),
         profile_half_life_s=_parse("PROFILE_HALF_LIFE_S", raw.profile_half_life_s, _positive_float),
         pseudonym_key=raw.pseudonym_key.encode(),
         default_tz=_parse("DEFAULT_TZ", raw.default_tz, _zone),
