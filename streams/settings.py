@@ -71,7 +71,8 @@ class RawSettings:
         "table writes Faust may hold unsent before it stops every stream to drain them (100-1000000)",
     )
     producer_max_batch_bytes: str = _env(
-        "PRODUCER_MAX_BATCH_BYTES", "1048576", "largest producer batch per partition (bytes, 16384-16777216)"
+        "PRODUCER_MAX_BATCH_BYTES", "524288",
+        "largest producer batch per partition (bytes, 16384-1000000: below the broker's message.max.bytes)",
     )
     max_future_skew_s: str = _env("MAX_FUTURE_SKEW_S", "300", "future event-time tolerance (s)")
     profile_half_life_s: str = _env("PROFILE_HALF_LIFE_S", "21600", "interest half-life (s)")
@@ -277,7 +278,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             "PRODUCER_BUFFER_MAX_MESSAGES", raw.producer_buffer_max_messages, _int_between(100, 1_000_000)
         ),
         producer_max_batch_bytes=_parse(
-            "PRODUCER_MAX_BATCH_BYTES", raw.producer_max_batch_bytes, _int_between(16_384, 1 << 24)
+            "PRODUCER_MAX_BATCH_BYTES", raw.producer_max_batch_bytes, _int_between(16_384, 1_000_000)
         ),
         profile_half_life_s=_parse("PROFILE_HALF_LIFE_S", raw.profile_half_life_s, _positive_float),
         pseudonym_key=raw.pseudonym_key.encode(),
