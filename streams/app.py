@@ -13,6 +13,7 @@ profile (see ``models.profile``) and by deterministic decision ids.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import time
@@ -45,7 +46,12 @@ from streams.cooccurrence import (
 )
 from streams.decisions import DecisionEngine
 from streams.erasure import EXPIRE, FORGET, Eraser
-from streams.faust_internals import acting_for, committed_offset, recovery_completed
+from streams.faust_internals import (
+    acting_for,
+    committed_offset,
+    recovery_completed,
+    set_producer_buffer_limit,
+)
 from streams.outcomes import OutcomeTracker
 from streams.refetch import Refetcher
 from streams.segmentation import (
@@ -76,8 +82,10 @@ ROCKSDB_OPTIONS = {
 MAX_SAMPLE_AGE_S = 30.0
 #: How often inactive users are looked for (at most; a tenth of the retention if shorter).
 RETENTION_SWEEP_S = 3600.0
-#: How many profiles the segment-size gauge looks at per refresh (an estimate beyond).
-SEGMENT_GAUGE_SAMPLE = 5000
+#: How many profiles the segment-size gauge looks at per refresh (an estimate beyond),
+#: and how many between two turns of the event loop (see _refresh_segment_gauges).
+SEGMENT_GAUGE_SAMPLE = 500
+SEGMENT_GAUGE_SLICE = 5
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
@@ -429,18 +437,26 @@ class Worker:
             metrics.REDIS_UP.set(1)
 
     async def _refresh_segment_gauges(self) -> None:
-        """Users per segment, counted on up to SEGMENT_GAUGE_SAMPLE local profiles."""
+        """Users per segment, estimated from up to SEGMENT_GAUGE_SAMPLE local profiles.
+
+        Decoding and assigning a profile costs about 0.2 ms: the sample is small, and the
+        loop gets its turn every SEGMENT_GAUGE_SLICE profiles, so that the events wait
+        for about a millisecond at most (5,000 profiles in one go held them up ~1 s).
+        """
         snapshot = self.segments.current
         if snapshot is None:
             return
         counts = dict.fromkeys(snapshot.ids, 0)
+        sample = list(itertools.islice(self.profiles.keys(), SEGMENT_GAUGE_SAMPLE))
         seen = 0
         now = time.time()
-        for _, raw in self.profiles.items():
-            counts[self.segments.assign(Profile.from_bytes(raw), now) or 0] += 1
-            seen += 1
-            if seen >= SEGMENT_GAUGE_SAMPLE:
-                break
+        for start in range(0, len(sample), SEGMENT_GAUGE_SLICE):
+            for key in sample[start : start + SEGMENT_GAUGE_SLICE]:
+                raw = self.profiles.get(key)  # erased meanwhile: not counted
+                if raw is not None:
+                    counts[self.segments.assign(Profile.from_bytes(raw), now) or 0] += 1
+                    seen += 1
+            await asyncio.sleep(0)
         scale = len(self.profiles) / seen if seen else 0.0
         metrics.SEGMENT_USERS.clear()
         for segment, count in counts.items():
@@ -479,7 +495,7 @@ class Worker:
 
 def _faust_app(settings: Settings) -> faust.App:
     store = "rocksdb://" if settings.store == "rocksdb" else "memory://"
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=settings.broker_urls,
         broker_credentials=_credentials(settings),
@@ -502,7 +518,21 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 10),
         table_standby_replicas=0,
         web_in_thread=False,
+        # aiokafka keeps one request in flight per broker and waits, message by message,
+        # for a full batch of a partition to be sent: with Faust's 16 KiB, a few 1 KiB
+        # profile writes fill it and hold every other write up for a round trip.
+        producer_max_batch_size=settings.producer_max_batch_bytes,
     )
+
+    async def raise_producer_buffer_limit() -> None:
+        # Table writes queue in Faust's ProducerBuffer; past max_messages (100) the
+        # conductor waits for it to drain before it hands *any* stream its next message
+        # ("producer buffer full"): under load that stopped the worker for 40 % of the
+        # time (docs/BENCHMARKS.md). The buffer is still drained before every commit.
+        set_producer_buffer_limit(app, settings.producer_buffer_max_messages)
+
+    app.task(raise_producer_buffer_limit)
+    return app
 
 
 def _credentials(settings: Settings) -> Any:

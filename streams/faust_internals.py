@@ -3,8 +3,9 @@
 Faust has no public call for a few things the worker needs: the committed offset of a
 partition (consumer lag, :mod:`streams.refetch`), letting go of messages without
 acknowledging them (:func:`streams.batches.release`), naming the event a table write
-belongs to outside the agent's own task (:func:`acting_for`), and whether table recovery
-has completed (``/readyz``). Each is a named function here; nothing else in the project
+belongs to outside the agent's own task (:func:`acting_for`), whether table recovery
+has completed (``/readyz``), and the size of the producer's buffer of table writes
+(:func:`set_producer_buffer_limit`). Each is a named function here; nothing else in the project
 reads a private Faust attribute. ``tests/unit/test_faust_internals.py`` checks each
 assumption against the installed Faust, and :func:`check_faust_version` stops a worker
 at start on a release they were not checked against.
@@ -92,3 +93,13 @@ def recovery_completed(app: AppT) -> bool:
     ``TableManager.recovery`` is not declared on the typed interface ``TableManagerT``.
     """
     return bool(app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
+
+
+def set_producer_buffer_limit(app: AppT, max_messages: int) -> None:
+    """How many table writes Faust's producer buffer holds before it stops every stream.
+
+    ``Producer.buffer`` (a ``ProducerBuffer``) is no setting: its ``max_messages`` is 100
+    in the class and read on each write. It exists only once the app has built its
+    producer, so call this from a task the started app runs.
+    """
+    app.producer.buffer.max_messages = max_messages

@@ -68,6 +68,14 @@ class RawSettings:
     batch_wait_ms: str = setting(
         "BATCH_WAIT_MS", "5", "longest wait of the ingest agent for a fuller batch (integer ms, 1-1000)"
     )
+    producer_buffer_max_messages: str = setting(
+        "PRODUCER_BUFFER_MAX_MESSAGES", "20000",
+        "table writes Faust may hold unsent before it stops every stream to drain them (100-1000000)",
+    )
+    producer_max_batch_bytes: str = setting(
+        "PRODUCER_MAX_BATCH_BYTES", "524288",
+        "largest producer batch per partition (bytes, 16384-1000000: below the broker's message.max.bytes)",
+    )
     max_future_skew_s: str = setting("MAX_FUTURE_SKEW_S", "300", "future event-time tolerance (s)")
     profile_half_life_s: str = setting("PROFILE_HALF_LIFE_S", "21600", "interest half-life (s)")
     pseudonym_key: str = setting("PSEUDONYM_KEY", "", "secret key for user pseudonyms in logs")
@@ -115,6 +123,8 @@ class Settings:
     max_future_skew_s: float
     batch_max_events: int
     batch_wait_s: float
+    producer_buffer_max_messages: int
+    producer_max_batch_bytes: int
     profile_half_life_s: float
     pseudonym_key: bytes
     default_tz: str
@@ -206,6 +216,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         max_future_skew_s=parse("MAX_FUTURE_SKEW_S", raw.max_future_skew_s, positive_float),
         batch_max_events=parse("BATCH_MAX_EVENTS", raw.batch_max_events, int_between(1, 10_000)),
         batch_wait_s=parse("BATCH_WAIT_MS", raw.batch_wait_ms, int_between(1, 1000)) / 1000.0,
+        producer_buffer_max_messages=parse(
+            "PRODUCER_BUFFER_MAX_MESSAGES", raw.producer_buffer_max_messages, int_between(100, 1_000_000)
+        ),
+        producer_max_batch_bytes=parse(
+            "PRODUCER_MAX_BATCH_BYTES", raw.producer_max_batch_bytes, int_between(16_384, 1_000_000)
+        ),
         profile_half_life_s=parse("PROFILE_HALF_LIFE_S", raw.profile_half_life_s, positive_float),
         pseudonym_key=raw.pseudonym_key.encode(),
         default_tz=parse("DEFAULT_TZ", raw.default_tz, _zone),

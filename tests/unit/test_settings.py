@@ -17,6 +17,9 @@ def test_defaults_parse_and_point_at_the_local_services() -> None:
     assert settings.kafka_bootstrap == ("127.0.0.1:19092",)
     assert settings.redis_url == "redis://127.0.0.1:16379/0"
     assert settings.partitions == 4 and settings.store == "memory"
+    # Faust's own buffer limit (100) stops every stream under load (docs/BENCHMARKS.md).
+    assert settings.producer_buffer_max_messages == 20_000
+    assert settings.producer_max_batch_bytes == 512 * 1024
 
 
 @pytest.mark.parametrize(
@@ -30,6 +33,9 @@ def test_defaults_parse_and_point_at_the_local_services() -> None:
         ("NUDGESTREAM_WEB_PORT", "70000", "between 1 and 65535"),
         ("NUDGESTREAM_BATCH_WAIT_MS", "0", "between 1 and 1000"),
         ("NUDGESTREAM_BATCH_MAX_EVENTS", "lots", "integer"),
+        ("NUDGESTREAM_PRODUCER_BUFFER_MAX_MESSAGES", "10", "between 100 and 1000000"),
+        ("NUDGESTREAM_PRODUCER_MAX_BATCH_BYTES", "1024", "between 16384 and 1000000"),
+        ("NUDGESTREAM_PRODUCER_MAX_BATCH_BYTES", "2000000", "between 16384 and 1000000"),
         ("NUDGESTREAM_DEFAULT_TZ", "Mars/Olympus", "IANA zone"),
         ("NUDGESTREAM_PROFILE_HALF_LIFE_S", "-5", "positive number"),
         ("NUDGESTREAM_KAFKA_SECURITY_PROTOCOL", "TLS", "SASL_SSL"),
