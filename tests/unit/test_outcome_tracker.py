@@ -14,7 +14,7 @@ from models.events import Rejection, RejectReason
 from models.outcomes import OutcomeKind
 from models.policy import Decision, Trigger, TriggerKind
 from streams import metrics
-from streams.batches import acting_for
+from streams.faust_internals import acting_for
 from streams.outcomes import OutcomeTracker
 from streams.settings import load
 
