@@ -143,9 +143,9 @@ def pair_increments(
     """The row increments one event causes (see the module doc for the weights).
 
     ``recent_before`` is the user's recent items *before* this event (oldest first, as
-    :class:`~models.profile.Profile` keeps them): capture ``list(profile.recent)``
-    before calling :func:`~models.profile.update`, and call this only if the update
-    was applied (a duplicate event must not count twice). Out-of-order events pair with
+    :class:`~models.profile.Profile` keeps them), and this is called only if the
+    update was applied (a duplicate event must not count twice): :func:`models.step.step`
+    does both. Out-of-order events pair with
     the items within ``window_s`` on either side of them.
     """
     weights = config.event_weights

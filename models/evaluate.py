@@ -176,7 +176,8 @@ class _Evaluation:
         lists = None
         if touched and event.item_id not in touched:  # a target: see the module doc
             lists = self._recommend(event.user_id, touched)
-        if not self.replay.process(event):
+        result = self.replay.process(event)
+        if result is None or not result.applied:
             return
         if lists is not None:
             self.targets += 1

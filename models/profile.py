@@ -3,8 +3,9 @@
 The profile is what every later stage reads: segmentation turns it into a feature
 vector, co-occurrence pairs the new item with ``recent``, the push policy looks at
 categories, recent items and purchases. It is updated by :func:`update`, a pure
-function of ``(profile, event, now)``, so the streaming worker and the offline replay
-compute exactly the same state.
+function of ``(profile, event, now)`` that returns a new profile and leaves the one it
+is given alone (callers keep the state before the event for triggers and pairs), so
+the streaming worker and the offline replay compute exactly the same state.
 
 Decay uses *event time*: weights are stored as of ``last_ts`` and multiplied by
 ``2 ** (-dt / half_life)`` when a newer event arrives. Late events are folded in with
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import orjson
@@ -101,6 +102,22 @@ class Profile:
         positions restart (a re-created topic) cannot silence new events.
         """
         return position <= self.positions.get(source, -1) and ts <= self.last_ts
+
+    def copy(self) -> Profile:
+        """A copy whose containers are its own (the recent items are shared: nothing
+        changes a :class:`RecentItem` once it is in a profile)."""
+        return replace(
+            self,
+            categories=dict(self.categories),
+            recent=list(self.recent),
+            bought=list(self.bought),
+            seen=list(self.seen),
+            positions=dict(self.positions),
+        )
+
+    def at_position(self, source: str, position: int) -> Profile:
+        """A copy that records ``position`` of ``source`` as applied (see :meth:`replayed`)."""
+        return replace(self, positions={**self.positions, source: position})
 
     def decayed(self, value: float, at: float, half_life_s: float) -> float:
         """``value`` (stored as of ``last_ts``) seen from time ``at``."""
@@ -181,16 +198,21 @@ def update(
 ) -> tuple[Profile, bool]:
     """Fold ``event`` into ``profile``; return the profile and whether it was applied.
 
-    An event whose id is among the user's last ``dedupe_window`` ids is a duplicate and
-    leaves the profile unchanged (``applied`` is False). ``now`` bounds event time from
-    above so a skewed producer clock cannot push the profile into the future.
+    ``profile`` itself is never changed: the result is a new profile (its containers
+    copied: a few dozen entries at most, cheaper than keeping a copy of the state before
+    for the callers that need it). An event whose id is among the user's last
+    ``dedupe_window`` ids is a duplicate: ``profile`` is returned as it is and
+    ``applied`` is False. ``now`` bounds event time from above so a skewed producer
+    clock cannot push the profile into the future.
     """
     ts = min(event.ts, now)
+    fingerprint = event_fingerprint(event.event_id)
     if profile is None:
         profile = Profile(user_id=event.user_id, first_ts=ts, last_ts=ts)
-    fingerprint = event_fingerprint(event.event_id)
-    if fingerprint in profile.seen:
+    elif fingerprint in profile.seen:
         return profile, False
+    else:
+        profile = profile.copy()
     _remember(profile.seen, fingerprint, config.dedupe_window)
     _track_session(profile, event, ts, config.session_gap_s)
     if ts > profile.last_ts:

@@ -9,12 +9,14 @@ simulated clock taken from event times:
 3. segments — a :class:`~models.segments.SegmentTrainer` fed the profile vectors the
    workers would sample (a user's 1st, 2nd, 4th, 8th and then every 16th event), a
    snapshot every ``snapshot_every`` applied events, users assigned with the latest one;
-4. the policy (:mod:`models.policy`) — triggers after each event; delayed triggers (and
+4. the policy — triggers after each event (the step of :mod:`models.step`, as in the
+   ingest agent), candidates (:mod:`models.candidates`); delayed triggers (and
    decisions deferred by quiet hours) wait in a queue and are decided when the clock
    passes their due time (before the next event, and at the end of the log); each
    decision reads the state **as it stood at that moment**;
 5. the rate limits — the pure :class:`~models.limits.Limiter` on the simulated clock,
-   then the control group (:func:`~models.policy.in_holdout`) among allowed decisions.
+   then :func:`models.routing.route`, the verdict routing the workers run (the control
+   group among allowed decisions, quiet-hours deferrals decided again later).
 
 Every decision is recorded (:class:`Record`): pushes in the decision schema, the others
 (suppressed, holdout, deferred) in the audit schema. ``decided_at`` is the simulated
@@ -52,30 +54,18 @@ from typing import IO, Any, Final
 
 import orjson
 
+from models.candidates import CandidateData, Needs, decide, needs
+from models.decision import Decision, Outcome
 from models.events import Event
-from models.features import FeatureConfig, profile_vector, should_sample
-from models.limits import LimitConfig, Limiter, Verdict
+from models.features import FeatureConfig, profile_vector
+from models.limits import LimitConfig, Limiter
 from models.logfile import BadRow
-from models.policy import (
-    HOLDOUT,
-    QUIET_HOURS,
-    CandidateData,
-    Decision,
-    Needs,
-    Outcome,
-    PolicyConfig,
-    Trigger,
-    copy_profile,
-    decide,
-    in_holdout,
-    needs,
-    release_at,
-    still_valid,
-    triggers_for,
-)
+from models.policy import PolicyConfig, Trigger, still_valid
 from models.profile import Profile
 from models.replay import DEFAULT_PROGRESS_EVERY, Replay, ReplayConfig, ReplayStats
-from models.segments import Segment, SegmenterConfig, SegmentSnapshot, SegmentTrainer
+from models.routing import Route, route, segment_of
+from models.segments import SegmenterConfig, SegmentSnapshot, SegmentTrainer
+from models.step import Step
 
 PUSHED: Final = "pushed"
 
@@ -214,9 +204,9 @@ class _Segments:
         self.snapshot: SegmentSnapshot | None = None
         self.applied = 0
 
-    def learn(self, profile: Profile, now: float) -> bool:
-        """Sample the profile if due; True when a new snapshot was taken."""
-        if should_sample(profile.events):
+    def learn(self, profile: Profile, sample: bool, now: float) -> bool:
+        """Learn the profile if it is a ``sample``; True when a new snapshot was taken."""
+        if sample:
             vector = profile_vector(profile, now, self.trainer.features)
             self.trainer.learn_one(vector, profile.categories)
         self.applied += 1
@@ -226,14 +216,6 @@ class _Segments:
         self.snapshot = self.trainer.snapshot(now)
         return self.snapshot is not previous
 
-    def assign(self, profile: Profile, now: float) -> tuple[int | None, Segment | None]:
-        snapshot = self.snapshot
-        if snapshot is None:
-            return None, None
-        segment_id = snapshot.assign(profile_vector(profile, now, snapshot.features))
-        info = next(s for s in snapshot.segments if s.id == segment_id)
-        return segment_id, info
-
 
 class PushReplay:
     """The decision path on a simulated clock (see the module doc)."""
@@ -242,7 +224,7 @@ class PushReplay:
         self, config: PushReplayConfig | None = None, sink: Callable[[Record], None] | None = None
     ) -> None:
         self.config = config or PushReplayConfig()
-        self.replay = Replay(self.config.replay)
+        self.replay = Replay(self.config.replay, self.config.policy)
         self.popularity = ServedPopularity(
             self.config.replay.cooc.half_life_s, self.config.popular_kept
         )
@@ -268,27 +250,27 @@ class PushReplay:
 
     def process(self, event: Event) -> None:
         self._decide_due(until=event.ts)
-        before = copy_profile(self.replay.profile(event.user_id))
-        if not self.replay.process(event):
+        result = self.replay.process(event)
+        if result is None or not result.applied:
             return
-        after = self.replay.profiles[event.user_id]
-        self._learn(event, after)
-        for trigger in triggers_for(before, after, event, self.config.policy):
+        self._learn(event, result)
+        for trigger in result.due:
             self.stats.triggers[trigger.kind.value] += 1
-            if trigger.due_at <= event.ts:
-                self._decide(trigger)
-            else:
-                self._schedule(trigger)
+            self._decide(trigger)
+        for trigger in result.later:
+            self.stats.triggers[trigger.kind.value] += 1
+            self._schedule(trigger)
 
     def finish(self) -> None:
         """Decide what is still pending, as if the clock ran on after the log."""
         self._decide_due(until=math.inf)
 
-    def _learn(self, event: Event, profile: Profile) -> None:
+    def _learn(self, event: Event, result: Step) -> None:
         row = self.replay.row(event.item_id)
         if row is not None:
             self.popularity.learn(event.item_id, event.category, row.value, row.ts)
-        self.stats.segment_snapshots += self.segments.learn(profile, self.replay.clock)
+        learned = self.segments.learn(result.profile, result.sample, self.replay.clock)
+        self.stats.segment_snapshots += learned
 
     def _schedule(self, trigger: Trigger) -> None:
         heapq.heappush(self._pending, (trigger.due_at, next(self._sequence), trigger))
@@ -306,13 +288,14 @@ class PushReplay:
         if profile is None or not still_valid(trigger, profile, now, policy):
             self.stats.invalid += 1
             return
-        segment, info = self.segments.assign(profile, now)
+        segment, info = segment_of(self.segments.snapshot, profile, now)
         data = self.fetch(needs(trigger, profile, policy, info))
         decision = decide(trigger, profile, data, segment, info, now, policy)
         if decision is None:
             self.stats.empty += 1
             return
-        self._limit(trigger, decision, profile.tz)
+        verdict = self.limiter.check(decision.limit_request(profile.tz))
+        self._route(route(trigger, decision, verdict, policy))
 
     def fetch(self, need: Needs) -> CandidateData:
         """What the workers fetch from Redis, read from the replay's state."""
@@ -323,22 +306,13 @@ class PushReplay:
             popular_by_category={c: popularity.top(need.n_popular, c) for c in need.categories},
         )
 
-    def _limit(self, trigger: Trigger, decision: Decision, tz: str | None) -> None:
-        result = self.limiter.check(decision.limit_request(tz))
-        if result.verdict is Verdict.DEFERRED:
-            assert result.defer_until is not None
-            self._emit(Record(decision, Outcome.DEFERRED.value, QUIET_HOURS))
-            release = release_at(trigger.user_id, result.defer_until, self.config.policy)
-            self._schedule(trigger.deferred_to(release))
-        elif result.verdict is Verdict.SUPPRESSED:
-            assert result.reason is not None
-            self._emit(Record(decision, Outcome.SUPPRESSED.value, result.reason.value))
-        elif in_holdout(
-            decision.user_id, self.config.policy.holdout_percent, self.config.policy.holdout_salt
-        ):
-            self._emit(Record(decision, Outcome.HOLDOUT.value, HOLDOUT))
-        else:
-            self._emit(Record(decision.restricted_to(result.items)))
+    def _route(self, routed: Route | None) -> None:
+        # None is for a push marked published before a crash: nothing is marked offline.
+        assert routed is not None, "the replay never marks a push published"
+        if routed.retry is not None:
+            self._schedule(routed.retry)
+        outcome = PUSHED if routed.outcome is None else routed.outcome.value
+        self._emit(Record(routed.decision, outcome, routed.reason))
 
     def _emit(self, record: Record) -> None:
         self.stats.outcomes[record.outcome] += 1

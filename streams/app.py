@@ -26,11 +26,11 @@ import redis.asyncio as aioredis
 from aiohttp import web as aiohttp_web
 from faust.types import EventT, Message, RecordMetadata, TableT
 
-from models.cooccurrence import CoocConfig, DecayedValue, pair_increments
+from models.cooccurrence import CoocConfig, DecayedValue
 from models.events import Event, Rejection, RejectReason, decode_event
-from models.features import FeatureConfig, should_sample
-from models.policy import copy_profile
-from models.profile import Profile, ProfileConfig, update
+from models.features import FeatureConfig
+from models.profile import Profile, ProfileConfig
+from models.step import StepConfig, step
 from streams import metrics
 from streams.batches import BACKGROUND_BATCH, acting_for, batches, release, unsettled
 from streams.codecs import dlq_record
@@ -106,6 +106,7 @@ class Worker:
         self.profiles.on_recover(self._on_recovered)
         self.redis = redis_client(settings)
         self.cooc_config = CoocConfig()
+        self.step_config = StepConfig(self.profile_config, self.cooc_config, settings.policy)
         self.cooc_topic = self.app.topic(self.topics.cooc_pairs)
         self.cooc_table = self._table("cooc")
         self.cooc_rows = CoocRows(self.cooc_config)
@@ -231,24 +232,20 @@ class Worker:
     def _process(
         self, batch: _Batch, user_key: bytes, event: Event, source: EventT[bytes]
     ) -> bool:
-        """The user-side core steps for one valid event; False for a duplicate."""
-        profile = batch.profile(user_key, self.profiles)
+        """The user-side core step for one valid event; False for a duplicate."""
+        stored = batch.profile(user_key, self.profiles)
         position = source.message.offset
         source_name = source_id(event.type, source.message.partition)
-        if profile is not None and profile.replayed(source_name, position, event.ts):
+        result = step(stored, event, source_name, position, batch.now, self.step_config)
+        if result.replayed:
             return False  # re-delivered after a crash or rebalance: applied already
-        # update() changes the profile in place; triggers and pairs need the state before.
-        before = copy_profile(profile)
-        profile, applied = update(profile, event, batch.now, self.profile_config)
-        profile.positions[source_name] = position
-        batch.profiles[user_key] = (profile, source)
-        if applied:
-            self.decisions.on_event(before, profile, event, batch.now)
-            increments = pair_increments(before.recent if before else [], event, self.cooc_config)
-            batch.pairs.add(source_name, position, increments, event.category)
-            if should_sample(profile.events):
-                batch.samples.append(self._training_record(profile, batch.now))
-        return applied
+        batch.profiles[user_key] = (result.profile, source)
+        if result.applied:
+            self.decisions.on_triggers(result.profile, result.due, result.later)
+            batch.pairs.add(source_name, position, result.increments, event.category)
+            if result.sample:
+                batch.samples.append(self._training_record(result.profile, batch.now))
+        return result.applied
 
     async def _cooccurrence(self, stream: faust.StreamT[bytes]) -> None:
         """Row owner: every message holds increments for items of its own partition."""

@@ -42,6 +42,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka.partitioner import murmur2
 
+from models.candidates import CandidateData, Needs
 from models.cooccurrence import (
     ENCODING_VERSION,
     CoocConfig,
@@ -51,7 +52,6 @@ from models.cooccurrence import (
     score_row,
 )
 from models.events import EventType
-from models.policy import CandidateData, Needs
 from streams import metrics
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,7 @@ closed and recover."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -23,8 +24,8 @@ from referencing import Registry, Resource
 from models.cooccurrence import CoocConfig
 from models.events import Event, EventType
 from models.limits import LimitRequest, LimitResult
-from models.policy import copy_profile
-from models.profile import Profile, ProfileConfig, update
+from models.profile import Profile
+from models.step import StepConfig, step
 from streams import services, settings
 from streams.cooccurrence import PopularCache, RelatedItemsStore
 from streams.decisions import DecisionEngine
@@ -206,15 +207,15 @@ async def test_the_triggers_of_a_batch_share_one_candidate_read_and_one_limiter_
 
     monkeypatch.setattr(engine.limiter, "check_many", counted)
     profiles: dict[str, Profile | None] = {}
+    steps, positions = StepConfig(policy=config.policy), itertools.count()
 
     async def batch(events: list[Event]) -> list[list[str]]:
         """What the ingest agent does with a batch; the Redis writes of its candidate read."""
         now = time.time()
         for event in events:
-            before = copy_profile(profiles.get(event.user_id))
-            profile, _ = update(profiles.get(event.user_id), event, now, ProfileConfig())
-            profiles[event.user_id] = profile
-            engine.on_event(before, profile, event, now)
+            result = step(profiles.get(event.user_id), event, "v0", next(positions), now, steps)
+            profiles[event.user_id] = result.profile
+            engine.on_triggers(result.profile, result.due, result.later)
         await client.ping()  # the connection is open: only the candidate read is counted
         CountingConnection.writes.clear()
         await engine.flush(now)

@@ -14,23 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from referencing import Registry, Resource
 
+from models.candidates import CandidateData, decide, needs
+from models.decision import Decision, Outcome
 from models.events import Event, EventType
-from models.policy import (
-    CandidateData,
-    Decision,
-    Outcome,
-    PolicyConfig,
-    Trigger,
-    TriggerKind,
-    copy_profile,
-    decide,
-    in_holdout,
-    needs,
-    release_at,
-    still_valid,
-    triggers_for,
-)
+from models.policy import PolicyConfig, Trigger, TriggerKind, still_valid, triggers_for
 from models.profile import Profile, ProfileConfig, update
+from models.routing import in_holdout, release_at
 from models.segments import Segment
 from tests.conftest import PROJECT_ROOT
 
@@ -75,7 +64,7 @@ class User:
     ) -> list[Trigger]:
         ev = event(self.n, item, T0 + at, kind, category)
         self.n += 1
-        before = copy_profile(self.profile)
+        before = self.profile
         self.profile, applied = update(self.profile, ev, ev.ts, ProfileConfig())
         assert applied
         fired = triggers_for(before, self.profile, ev, self.config)
@@ -184,14 +173,6 @@ def test_triggers_expire() -> None:
     expiry = interest.event_ts + user.config.expiry_s
     assert still_valid(interest, user.current, expiry - 1, user.config)
     assert not still_valid(interest, user.current, expiry, user.config)
-
-
-def test_a_copied_profile_is_not_changed_by_later_updates() -> None:
-    user = browsed("p1")
-    copy = copy_profile(user.current)
-    user.does("p2", 60.0)
-    assert copy is not None and [r.item_id for r in copy.recent] == ["p1"]
-    assert copy_profile(None) is None
 
 
 # -- decision ids and the control group -----------------------------------------------

@@ -47,6 +47,14 @@ def test_a_duplicate_event_id_is_not_applied_twice() -> None:
     assert not applied and again.events == 1 and again.categories == {"a": 1.0}
 
 
+def test_update_returns_a_new_profile_and_leaves_the_given_one_alone() -> None:
+    first = apply(ev(1, cat="a"), ev(2, EventType.BUY, item="i2", cat="a"))
+    kept = first.to_bytes()
+    second, applied = update(first, ev(3, EventType.CLICK, item="i3", cat="b", ts=T0 + 60), T0 + 60, CONFIG)
+    assert applied and second is not first and second.events == 3
+    assert first.to_bytes() == kept, "the profile before the event is still what it was"
+
+
 def test_the_duplicate_window_is_bounded() -> None:
     profile = apply(*(ev(n, ts=T0 + n) for n in range(10)))
     assert len(profile.seen) == CONFIG.dedupe_window

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from referencing import Registry, Resource
 
+from models.decision import Outcome
 from models.events import EventType, Rejection, RejectReason
-from models.policy import Outcome, TriggerKind
+from models.policy import TriggerKind
 from streams.client import InvalidEvent, MessageBuilder
 from streams.codecs import dlq_record
 from streams.notify import parse_decision
