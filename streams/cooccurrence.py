@@ -14,18 +14,8 @@
   round trips. Popularity (the cold-start fallback) is the rows' own decayed occurrence
   count, kept in a Redis sorted set.
 
-Redis layout (prefix ``<app_id>:``; TTLs refresh at every write):
-
-=================================  ===========  ==============================================
-key                                type         value
-=================================  ===========  ==============================================
-``related:<item_id>``              string       JSON ``[[item_id, score], ...]`` best first (7 d)
-``cooc:counts``                    hash         item_id -> ``"<count>,<as-of ts>"``
-``cooc:totals``                    hash         partition -> ``"<total>,<as-of ts>"``
-``popular``                        sorted set   item_id -> log2(count) + ts / half-life (top 5,000)
-``popular:cat:<category>``         sorted set   the same, per item category (top 500)
-``item:category``                  hash         item_id -> category
-=================================  ===========  ==============================================
+The Redis keys (``related:``, ``cooc:``, ``popular``, ``item:category``) are laid out
+in :mod:`streams.keys`.
 """
 
 from __future__ import annotations
@@ -53,6 +43,7 @@ from models.cooccurrence import (
 )
 from models.events import EventType
 from streams import metrics
+from streams.keys import RedisKeys
 
 log = logging.getLogger(__name__)
 
@@ -227,24 +218,14 @@ class RelatedItemsStore:
     def __init__(
         self,
         redis: aioredis.Redis,
-        prefix: str,
+        app_id: str,
         config: CoocConfig,
         popular_cache: PopularCache | None = None,
     ) -> None:
         self.redis = redis
-        self.prefix = prefix
+        self.keys = RedisKeys.of_app(app_id)
         self.config = config
         self.popular_cache = popular_cache or PopularCache()
-        self.counts_key = f"{prefix}:cooc:counts"
-        self.totals_key = f"{prefix}:cooc:totals"
-        self.popular_key = f"{prefix}:popular"
-        self.category_key = f"{prefix}:item:category"
-
-    def popular_in_key(self, category: str) -> str:
-        return f"{self.popular_key}:cat:{category}"
-
-    def related_key(self, item_id: str) -> str:
-        return f"{self.prefix}:related:{item_id}"
 
     async def publish(
         self,
@@ -257,15 +238,15 @@ class RelatedItemsStore:
         neighbours = sorted({n for row in rows.values() for n in row.neighbours.weights})
         async with self.redis.pipeline(transaction=False) as pipe:
             if rows:
-                pipe.hset(self.counts_key, mapping={i: encode_decayed(r) for i, r in rows.items()})
+                pipe.hset(self.keys.cooc_counts, mapping={i: encode_decayed(r) for i, r in rows.items()})
             if totals:
-                pipe.hset(self.totals_key, mapping={str(p): encode_decayed(t) for p, t in totals.items()})
-            pipe.hmget(self.counts_key, neighbours) if neighbours else pipe.echo("")
-            pipe.hgetall(self.totals_key)
+                pipe.hset(self.keys.cooc_totals, mapping={str(p): encode_decayed(t) for p, t in totals.items()})
+            pipe.hmget(self.keys.cooc_counts, neighbours) if neighbours else pipe.echo("")
+            pipe.hgetall(self.keys.cooc_totals)
             if categories:
                 category_map: dict[Any, Any] = dict(categories)
-                pipe.hset(self.category_key, mapping=category_map)
-            pipe.hmget(self.category_key, list(rows)) if rows else pipe.echo("")
+                pipe.hset(self.keys.item_category, mapping=category_map)
+            pipe.hmget(self.keys.item_category, list(rows)) if rows else pipe.echo("")
             *_, raw_counts, raw_totals, _, raw_categories = await pipe.execute()
         item_categories = {
             item: _text(c) for item, c in zip(rows, raw_categories or [], strict=False) if c
@@ -283,17 +264,17 @@ class RelatedItemsStore:
                     # slices, so a flush delays an event by milliseconds, not a whole flush.
                     await asyncio.sleep(0)
                 related = score_row(row, now, counts, max(total, 1.0), self.config)
-                pipe.set(self.related_key(item_id), orjson.dumps(related), ex=RELATED_TTL_S)
+                pipe.set(self.keys.related(item_id), orjson.dumps(related), ex=RELATED_TTL_S)
                 own = row.at(now, half_life)
                 if own > 0:
                     score = {item_id: popularity_score(own, now, half_life)}
-                    pipe.zadd(self.popular_key, score)
+                    pipe.zadd(self.keys.popular, score)
                     if item_id in item_categories:
-                        pipe.zadd(self.popular_in_key(item_categories[item_id]), score)
+                        pipe.zadd(self.keys.popular_in(item_categories[item_id]), score)
             # Keep the popularity sets bounded: only the head is ever read.
-            pipe.zremrangebyrank(self.popular_key, 0, -POPULAR_KEPT - 1)
+            pipe.zremrangebyrank(self.keys.popular, 0, -POPULAR_KEPT - 1)
             for category in set(item_categories.values()):
-                pipe.zremrangebyrank(self.popular_in_key(category), 0, -POPULAR_KEPT_PER_CATEGORY - 1)
+                pipe.zremrangebyrank(self.keys.popular_in(category), 0, -POPULAR_KEPT_PER_CATEGORY - 1)
             await pipe.execute()
         self.popular_cache.clear()
         return len(rows)
@@ -315,7 +296,7 @@ class RelatedItemsStore:
         }
         missing = [key for key in lengths if key not in lists]
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.mget([self.related_key(i) for i in items])
+            pipe.mget([self.keys.related(i) for i in items])
             for key in missing:
                 pipe.zrevrange(key, 0, lengths[key] - 1, withscores=True)
             raw_related, *raw_popular = await pipe.execute()
@@ -329,7 +310,7 @@ class RelatedItemsStore:
         """The keys of the popular lists a batch reads, with the longest length needed."""
         lengths: dict[str, int] = {}
         for need in wanted:
-            for key in (self.popular_key, *map(self.popular_in_key, need.categories)):
+            for key in (self.keys.popular, *map(self.keys.popular_in, need.categories)):
                 lengths[key] = max(lengths.get(key, 0), need.n_popular)
         return lengths
 
@@ -341,19 +322,19 @@ class RelatedItemsStore:
         n = need.n_popular
         return CandidateData(
             related={item: related[item] for item in need.related_items},
-            popular=lists[self.popular_key][:n],
-            popular_by_category={c: lists[self.popular_in_key(c)][:n] for c in need.categories},
+            popular=lists[self.keys.popular][:n],
+            popular_by_category={c: lists[self.keys.popular_in(c)][:n] for c in need.categories},
         )
 
     async def related(self, item_ids: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
         """Related items of several items in one round trip (missing: empty list)."""
         if not item_ids:
             return {}
-        raws = await self.redis.mget([self.related_key(i) for i in item_ids])
+        raws = await self.redis.mget([self.keys.related(i) for i in item_ids])
         return {item_id: _related_list(raw) for item_id, raw in zip(item_ids, raws, strict=True)}
 
     async def popular(self, n: int) -> list[tuple[str, float]]:
-        ranked: list[Any] = await self.redis.zrevrange(self.popular_key, 0, n - 1, withscores=True)
+        ranked: list[Any] = await self.redis.zrevrange(self.keys.popular, 0, n - 1, withscores=True)
         return _ranked(ranked)
 
 

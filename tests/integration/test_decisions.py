@@ -193,8 +193,8 @@ async def test_the_triggers_of_a_batch_share_one_candidate_read_and_one_limiter_
     # p4 is the best related item of p1 and of p2.
     related = {"p1": [["p4", 5.0], ["p3", 1.0]], "p2": [["p4", 5.0], ["p6", 1.0]], "p6": [["p5", 1.0]]}
     for item, ranked in related.items():
-        await client.set(store.related_key(item), orjson.dumps(ranked))
-    for key in (store.popular_key, store.popular_in_key("phones")):
+        await client.set(store.keys.related(item), orjson.dumps(ranked))
+    for key in (store.keys.popular, store.keys.popular_in("phones")):
         await client.zadd(key, {"p3": 3.0, "p5": 2.0, "p6": 1.0})
     app = faust.App(f"{prefix}-app", broker=config.broker_urls, autodiscover=False, web_enabled=False)
     engine = DecisionEngine(app, config, store, SnapshotFollower(config), app.Table("pending"))
@@ -242,7 +242,7 @@ async def test_the_triggers_of_a_batch_share_one_candidate_read_and_one_limiter_
     finally:
         await engine.limiter.aclose()
         await app.producer.stop()
-        await client.delete(*map(store.related_key, related), store.popular_key, store.popular_in_key("phones"))
+        await client.delete(*map(store.keys.related, related), store.keys.popular, store.keys.popular_in("phones"))
         await client.aclose()
 
     async def of_ours(topic: str) -> dict[str, list[dict[str, Any]]]:
