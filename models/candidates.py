@@ -16,17 +16,15 @@ triggers only: a post-purchase push without a related item is not worth sending)
 ``docs/PUSH.md`` gives the measurements behind each choice.
 
 >>> from models.events import Event, EventType
->>> from models.policy import PolicyConfig, triggers_for
->>> from models.profile import ProfileConfig, update
+>>> from models.step import StepConfig, step
 >>> config = PolicyConfig(browse_min_items=2)
->>> profile, before = None, None
->>> for n, item in enumerate(["p1", "p2"]):
-...     event = Event(f"e{n}", EventType.VIEW, "u1", item, 1000.0 + n, "phones")
-...     before, (profile, _) = profile, update(profile, event, event.ts, ProfileConfig())
->>> trigger = triggers_for(before, profile, event, config)[0]
+>>> views = [Event(f"e{n}", EventType.VIEW, "u1", f"p{n + 1}", 1000.0 + n, "phones") for n in range(2)]
+>>> first = step(None, views[0], "v0", 0, 1000.0, StepConfig(policy=config))
+>>> second = step(first.profile, views[1], "v0", 1, 1001.0, StepConfig(policy=config))
+>>> trigger, profile = second.due[0], second.profile
 >>> data = CandidateData(related={"p2": [("p3", 4.0), ("p1", 2.0)]},
 ...                      popular_by_category={"phones": [("p3", 10.0), ("p4", 9.0)]})
->>> decision = decide(trigger, profile, data, None, None, event.ts, config)
+>>> decision = decide(trigger, profile, data, None, None, 1001.0, config)
 >>> [item for item, _ in decision.items], decision.decision_id == trigger.decision_id
 (['p3', 'p4'], True)
 """

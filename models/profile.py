@@ -121,7 +121,7 @@ class Profile:
 
     def decayed(self, value: float, at: float, half_life_s: float) -> float:
         """``value`` (stored as of ``last_ts``) seen from time ``at``."""
-        return value * _decay(at - self.last_ts, half_life_s)
+        return value * decay(at - self.last_ts, half_life_s)
 
     def top_categories(self, n: int) -> list[str]:
         ranked = sorted(self.categories.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -179,7 +179,9 @@ class Profile:
         )
 
 
-def _decay(dt: float, half_life_s: float) -> float:
+def decay(dt: float, half_life_s: float) -> float:
+    """What a value stored ``dt`` seconds ago is worth now (1 for a later time): the
+    decay every time-decayed value of the core uses (profiles, co-occurrence rows)."""
     return math.exp2(-dt / half_life_s) if dt > 0 else 1.0
 
 
@@ -218,10 +220,10 @@ def update(
     if ts > profile.last_ts:
         _advance_clock(profile, ts, config.half_life_s)
     # A late event counts with the weight it has today.
-    weight = weights[event.type] * _decay(profile.last_ts - ts, config.half_life_s)
+    weight = weights[event.type] * decay(profile.last_ts - ts, config.half_life_s)
     category = event.category or UNKNOWN_CATEGORY
     _add_interest(profile, category, weight, config.max_categories)
-    profile.activity += _decay(profile.last_ts - ts, config.half_life_s)
+    profile.activity += decay(profile.last_ts - ts, config.half_life_s)
     if event.type is EventType.CLICK:
         profile.clicks += weight / weights[EventType.CLICK]
     elif event.type is EventType.BUY:
@@ -239,7 +241,7 @@ def update(
 
 
 def _advance_clock(profile: Profile, ts: float, half_life_s: float) -> None:
-    factor = _decay(ts - profile.last_ts, half_life_s)
+    factor = decay(ts - profile.last_ts, half_life_s)
     for name in profile.categories:
         profile.categories[name] *= factor
     profile.activity *= factor

@@ -4,8 +4,9 @@
 simulated clock taken from event times:
 
 1. :class:`~models.replay.Replay` — profiles, co-occurrence rows, related lists;
-2. :class:`ServedPopularity` — the popular lists the workers serve: items ranked by their
-   co-occurrence row's own decayed count, overall and per category;
+2. :class:`~models.popularity.ServedPopularity` (kept by the replay) — the popular
+   lists the workers serve: items ranked by their co-occurrence row's own decayed
+   count, overall and per category;
 3. segments — a :class:`~models.segments.SegmentTrainer` fed the profile vectors the
    workers would sample (a user's 1st, 2nd, 4th, 8th and then every 16th event), a
    snapshot every ``snapshot_every`` applied events, users assigned with the latest one;
@@ -79,12 +80,10 @@ class PushReplayConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     #: Applied events between segment snapshots (the workers take one every few seconds).
     snapshot_every: int = 1000
-    #: Items kept per served popular list (the workers keep 500 per category).
-    popular_kept: int = 500
 
     def __post_init__(self) -> None:
-        if self.snapshot_every < 1 or self.popular_kept < 1:
-            raise ValueError("snapshot_every and popular_kept must be >= 1")
+        if self.snapshot_every < 1:
+            raise ValueError("snapshot_every must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,72 +128,6 @@ class PushReplayStats:
         }
 
 
-class _TopScores:
-    """The ``capacity`` best items of a set whose scores only ever rise (exact).
-
-    Ranked by score, ties by item id, so the kept items are those a full ranking puts first.
-    """
-
-    __slots__ = ("capacity", "scores", "worst")
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.scores: dict[str, float] = {}
-        #: The rank key (-score, item) of the last kept item, once the set is full.
-        self.worst: tuple[float, str] | None = None
-
-    def offer(self, item: str, score: float) -> None:
-        scores = self.scores
-        if item in scores or len(scores) < self.capacity:
-            scores[item] = score
-        elif self.worst is not None and (-score, item) < self.worst:
-            del scores[self.worst[1]]
-            scores[item] = score
-        else:
-            return
-        full = len(scores) == self.capacity
-        self.worst = max((-s, i) for i, s in scores.items()) if full else None
-
-    def top(self, n: int) -> list[tuple[str, float]]:
-        return heapq.nsmallest(n, self.scores.items(), key=_rank)
-
-
-def _rank(pair: tuple[str, float]) -> tuple[float, str]:
-    return -pair[1], pair[0]
-
-
-class ServedPopularity:
-    """Popular items as the workers serve them (see ``streams/cooccurrence.py``).
-
-    An item's score is ``log2(count) + ts / half_life`` of its co-occurrence row's own
-    decayed count: the same order as the count now, and it only rises, so the best
-    ``capacity`` per list are kept exactly. Per category, an item counts in the category
-    its latest event carried.
-    """
-
-    def __init__(self, half_life_s: float, capacity: int) -> None:
-        self.half_life_s = half_life_s
-        self.capacity = capacity
-        self.overall = _TopScores(capacity)
-        self.by_category: dict[str, _TopScores] = {}
-
-    def learn(self, item: str, category: str | None, count: float, ts: float) -> None:
-        """Record an item's row count (``count`` as of ``ts``) after it changed."""
-        if count <= 0:
-            return
-        score = math.log2(count) + ts / self.half_life_s
-        self.overall.offer(item, score)
-        if category:
-            top = self.by_category.get(category)
-            if top is None:
-                top = self.by_category[category] = _TopScores(self.capacity)
-            top.offer(item, score)
-
-    def top(self, n: int, category: str | None = None) -> list[tuple[str, float]]:
-        ranked = self.overall if category is None else self.by_category.get(category)
-        return ranked.top(n) if ranked is not None else []
-
-
 class _Segments:
     """The trainer, its latest snapshot and the assignment of users, as in the workers."""
 
@@ -225,9 +158,6 @@ class PushReplay:
     ) -> None:
         self.config = config or PushReplayConfig()
         self.replay = Replay(self.config.replay, self.config.policy)
-        self.popularity = ServedPopularity(
-            self.config.replay.cooc.half_life_s, self.config.popular_kept
-        )
         self.segments = _Segments(self.config)
         self.limiter = Limiter(self.config.limits)
         self.stats = PushReplayStats()
@@ -266,9 +196,6 @@ class PushReplay:
         self._decide_due(until=math.inf)
 
     def _learn(self, event: Event, result: Step) -> None:
-        row = self.replay.row(event.item_id)
-        if row is not None:
-            self.popularity.learn(event.item_id, event.category, row.value, row.ts)
         learned = self.segments.learn(result.profile, result.sample, self.replay.clock)
         self.stats.segment_snapshots += learned
 
@@ -299,7 +226,7 @@ class PushReplay:
 
     def fetch(self, need: Needs) -> CandidateData:
         """What the workers fetch from Redis, read from the replay's state."""
-        popularity = self.popularity
+        popularity = self.replay.popularity
         return CandidateData(
             related={item: self.replay.related(item) for item in need.related_items},
             popular=popularity.top(need.n_popular),

@@ -8,7 +8,8 @@ in the same order, with the clock taken from event times:
    stop here), the pair increments and the triggers;
 3. :meth:`models.cooccurrence.Row.apply` of the increments — what the item-partitioned
    agent does with what the user-partitioned one sends;
-4. :meth:`models.popularity.Popularity.learn_one` — the cold-start fallback.
+4. :meth:`models.popularity.ServedPopularity.learn` of the event's row — the popular
+   lists (the cold-start fallback) as the workers serve them.
 
 Later stages (segments, push decisions) add steps to :meth:`Replay.process`. Related
 items are scored lazily: a row changed since it was last scored is re-scored when read,
@@ -46,7 +47,7 @@ from models.cooccurrence import CoocConfig, DecayedValue, Increment, Row, score_
 from models.events import Event
 from models.logfile import BadRow
 from models.policy import PolicyConfig
-from models.popularity import Popularity, PopularityConfig
+from models.popularity import ServedPopularity
 from models.profile import Profile, ProfileConfig
 from models.step import Step, StepConfig, step
 
@@ -59,7 +60,6 @@ LOG_SOURCE: Final = "log"
 class ReplayConfig:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     cooc: CoocConfig = field(default_factory=CoocConfig)
-    popularity: PopularityConfig = field(default_factory=PopularityConfig)
     #: Events this much older than the clock are dropped as stale.
     max_lateness_s: float = 86400.0
     #: A changed row is re-scored on read once its scores are this old (event time).
@@ -100,7 +100,7 @@ class Replay:
         self.clock = -math.inf
         self.profiles: dict[str, Profile] = {}
         self.rows: dict[str, Row] = {}
-        self.popularity = Popularity(self.config.popularity)
+        self.popularity = ServedPopularity(self.config.cooc.half_life_s)
         #: Decayed sum of all occurrence weights: N of the likelihood ratio.
         self.occurrences = DecayedValue()
         self._dirty: set[str] = set()
@@ -180,7 +180,9 @@ class Replay:
             return result
         self.stats.applied += 1
         self._apply_increments(result.increments)
-        self.popularity.learn_one(event)
+        row = self.rows.get(event.item_id)
+        if row is not None:
+            self.popularity.learn(event.item_id, event.category, row.value, row.ts)
         return result
 
     def accept(self, event: Event) -> bool:

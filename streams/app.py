@@ -37,14 +37,13 @@ from streams.codecs import dlq_record
 from streams.cooccurrence import (
     FLUSH_INTERVAL_S,
     CoocRows,
-    PairBatch,
     RelatedItemsStore,
     decode_row,
-    source_id,
     total_key,
 )
 from streams.decisions import DecisionEngine
 from streams.erasure import EXPIRE, FORGET, Eraser
+from streams.pairs import PairBatch, source_id
 from streams.refetch import Refetcher
 from streams.segmentation import (
     SNAPSHOT_INTERVAL_S,

@@ -1,9 +1,7 @@
 """Co-occurrence in the stream: pair increments, item-partitioned rows, Redis serving.
 
-* The ingest agent (partitioned by user) turns each applied event into row increments
-  (:func:`models.cooccurrence.pair_increments`) and sends them to ``cooc.pairs``,
-  **grouped by the partition of each item** (the standard murmur2 partitioner), so one
-  event costs one message per partition touched rather than one per item.
+* The ingest agent (partitioned by user) sends each applied event's row increments to
+  ``cooc.pairs``, one message per item partition (the wire format: :mod:`streams.pairs`).
 * The ``cooc`` agent owns the rows of its partitions in a changelog-backed table and
   marks changed rows dirty. Every message holds only items of its partition, so a row's
   changelog partition is always its item's partition and recovery puts it back on the
@@ -12,7 +10,7 @@
   occurrence counts and the total, which other partitions own: all of that is shared
   through Redis) and their top-K related items are written to Redis in two pipelined
   round trips. Popularity (the cold-start fallback) is the rows' own decayed occurrence
-  count, kept in a Redis sorted set.
+  count (:func:`models.popularity.popularity_score`), kept in Redis sorted sets.
 
 The Redis keys (``related:``, ``cooc:``, ``popular``, ``item:category``) are laid out
 in :mod:`streams.keys`.
@@ -26,24 +24,22 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from aiokafka.partitioner import murmur2
 
 from models.candidates import CandidateData, Needs
 from models.cooccurrence import (
-    ENCODING_VERSION,
     CoocConfig,
     DecayedValue,
-    Increment,
     Row,
     score_row,
 )
-from models.events import EventType
+from models.popularity import POPULAR_KEPT, POPULAR_KEPT_PER_CATEGORY, popularity_score
 from streams import metrics
 from streams.keys import RedisKeys
+from streams.pairs import PairEntry, decode_pairs
 
 log = logging.getLogger(__name__)
 
@@ -53,102 +49,12 @@ MAX_ROWS_PER_FLUSH = 2000
 #: Rows scored between two yields to the event loop (about 2 ms of scoring).
 ROWS_BETWEEN_YIELDS = 50
 RELATED_TTL_S = 7 * 86400
-POPULAR_KEPT = 5000
-POPULAR_KEPT_PER_CATEGORY = 500
 TOTAL_KEY_PREFIX = b"\x00total:"
 #: Popular lists kept in process (the overall one and one per category read).
 POPULAR_CACHE_LISTS = 4096
 
 #: A ranked list: (item_id, score), best first.
 Ranked = list[tuple[str, float]]
-#: Version 2 messages carry each event's source and position (version 1 did not).
-PAIRS_ENCODING_VERSION = 2
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition the standard (murmur2) partitioner gives ``key``."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-class PairEntry(NamedTuple):
-    """The increments one event sends to one item partition, with where the event was."""
-
-    #: The user-side stream partition of the event (:func:`source_id`); ``None`` for
-    #: entries of the version-1 format, which carried no position (never deduplicated).
-    source: str | None
-    position: int
-    #: The category of the event's own item, when its occurrence increment is here.
-    category: str | None
-    increments: list[Increment]
-
-
-class PairBatch:
-    """The pair increments of one batch of events, one message per item partition.
-
-    Increments go to the partition of their item (the standard murmur2 partitioner), so
-    a batch costs one message per partition touched rather than one per event or item.
-    Each event's increments keep its source and position: the row owner applies them
-    at most once per row (:meth:`models.cooccurrence.Row.applied`), which makes a replay
-    of the batch harmless.
-    """
-
-    def __init__(self, partitions: int) -> None:
-        self.partitions = partitions
-        self._entries: dict[int, list[bytes]] = {}
-
-    def add(
-        self, source: str, position: int, increments: Iterable[Increment], category: str | None
-    ) -> None:
-        grouped: dict[int, list[bytes]] = {}
-        own: int | None = None
-        for increment in increments:
-            partition = partition_of(increment.item_id.encode(), self.partitions)
-            grouped.setdefault(partition, []).append(increment.to_bytes())
-            if increment.occurrences:
-                own = partition
-        for partition, parts in grouped.items():
-            head = orjson.dumps([source, position, category if partition == own else None])
-            entry = head[:-1] + b",[" + b",".join(parts) + b"]]"
-            self._entries.setdefault(partition, []).append(entry)
-
-    def messages(self) -> dict[int, bytes]:
-        """Message values by item partition: ``[2, [[source, position, category, [increment, ...]], ...]]``."""
-        return {
-            p: b"[" + str(PAIRS_ENCODING_VERSION).encode() + b",[" + b",".join(entries) + b"]]"
-            for p, entries in self._entries.items()
-        }
-
-
-def decode_pairs(raw: bytes) -> list[PairEntry]:
-    """Inverse of :meth:`PairBatch.messages` (one parse for the whole message).
-
-    Also reads the version-1 form ``[category, [increment, ...]]`` that workers wrote
-    before rows were deduplicated, so a rolling upgrade loses nothing on the topic.
-    """
-    data = orjson.loads(raw)
-    if data[0] == PAIRS_ENCODING_VERSION:
-        return [PairEntry(s, p, c, _increments(incs)) for s, p, c, incs in data[1]]
-    if data[0] is None or isinstance(data[0], str):
-        return [PairEntry(None, -1, data[0], _increments(data[1]))]
-    raise ValueError(f"unsupported pairs encoding {data[0]!r}")
-
-
-def _increments(encoded: Iterable[Any]) -> list[Increment]:
-    out = []
-    for version, item_id, ts, occurrences, neighbours in encoded:
-        if version != ENCODING_VERSION:
-            raise ValueError(f"unsupported increment encoding {version!r}")
-        out.append(Increment(item_id, ts, occurrences, tuple((k, w) for k, w in neighbours)))
-    return out
-
-
-def source_id(event_type: EventType, partition: int) -> str:
-    """A short, stable name of an event-topic partition: ``v3`` is ``events.view`` partition 3.
-
-    Stored in every profile and row that a source touched, so it is kept short.
-    """
-    return f"{event_type.value[0]}{partition}"
-
 
 def encode_decayed(value: DecayedValue) -> bytes:
     return f"{value.value!r},{value.ts!r}".encode()
@@ -349,15 +255,6 @@ def _ranked(reply: Iterable[tuple[Any, Any]]) -> Ranked:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def popularity_score(count: float, ts: float, half_life_s: float) -> float:
-    """A time-invariant rank of a decayed count: log2(count) + ts / half-life.
-
-    Decay multiplies every count by the same factor, so ranking by the count seen at
-    its own time, shifted by elapsed half-lives, equals ranking by the count now.
-    """
-    return math.log2(count) + ts / half_life_s
 
 
 class CoocRows:

@@ -24,6 +24,7 @@ from referencing import Registry, Resource
 from models.cooccurrence import CoocConfig
 from models.events import Event, EventType
 from models.limits import LimitRequest, LimitResult
+from models.policy import Trigger, TriggerKind
 from models.profile import Profile
 from models.step import StepConfig, step
 from streams import services, settings
@@ -31,6 +32,7 @@ from streams.cooccurrence import PopularCache, RelatedItemsStore
 from streams.decisions import DecisionEngine
 from streams.segmentation import SnapshotFollower
 from tests.conftest import PROJECT_ROOT
+from tests.decision_cases import CASES, POPULAR, RELATED, Case, Expect
 from tests.integration.conftest import Deployment, WorkerProcess, decode_json, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -285,3 +287,61 @@ async def test_without_redis_nothing_is_pushed_and_it_recovers_by_itself(
     dave = await records(deployment, settings.topics.push, user="dave", at_least=1, timeout_s=60)
     assert dave, "no push after Redis came back"
     assert worker.metrics()["nudgestream_redis_up"] == 1
+
+
+async def test_the_stream_decides_every_case_as_the_replay(deployment: Deployment) -> None:
+    """``tests/decision_cases.py`` through the worker's engine: what the replay decides."""
+    run = uuid.uuid4().hex[:8]
+    start = time.time() - 10
+    client = aioredis.from_url(deployment.settings.redis_url)
+    store = RelatedItemsStore(client, f"cases-{run}", CoocConfig())
+    for item, ranked in RELATED.items():
+        await client.set(store.keys.related(item), orjson.dumps(ranked))
+    for category, ranked in POPULAR.items():
+        await client.zadd(store.keys.popular_in(category), dict(ranked))
+    try:
+        for n, case in enumerate(CASES):
+            # Its own limiter keys per case: the cases must not limit one another.
+            env = {**deployment.env, **case.env(start), "NUDGESTREAM_APP_ID": f"cases-{run}-{n}"}
+            await decide_in_the_stream(settings.load(env), store, case.events(start, run))
+        found: dict[str, list[dict[str, Any]]] = {case.user: [] for case in CASES}
+        for topic in (deployment.settings.topics.push, deployment.settings.topics.suppressed):
+            for _, value in await read_topic(deployment.settings.kafka_bootstrap, topic, until=1_000_000, timeout_s=2):
+                record = orjson.loads(value or b"")
+                if record.get("user_id") in found and record["decision_id"] in decision_ids(CASES, start, run):
+                    found[record["user_id"]].append(record)
+        for case in CASES:
+            decided = sorted(found[case.user], key=lambda r: (r["decided_at"], r["decision_id"]))
+            assert [
+                Expect(r["trigger"], r.get("outcome", "pushed"), r.get("reason"), tuple(i["item_id"] for i in r["items"]))
+                for r in decided
+            ] == list(case.expect), case.name
+    finally:
+        await client.delete(*map(store.keys.related, RELATED), *map(store.keys.popular_in, POPULAR))
+        await client.aclose()
+
+
+async def decide_in_the_stream(config: settings.Settings, store: RelatedItemsStore, events: list[Event]) -> None:
+    """What the ingest agent does, one event per batch: the step, then the engine."""
+    app = faust.App(f"{config.app_id}-app", broker=config.broker_urls, autodiscover=False, web_enabled=False)
+    engine = DecisionEngine(app, config, store, SnapshotFollower(config), app.Table("pending"))
+    steps, profile = StepConfig(policy=config.policy), None
+    try:
+        for position, event in enumerate(events):
+            now = time.time()
+            result = step(profile, event, "v0", position, now, steps)
+            profile = result.profile
+            engine.on_triggers(result.profile, result.due, result.later)
+            await engine.flush(now)
+            await asyncio.gather(*engine.take_sent())
+    finally:
+        await engine.limiter.aclose()
+        await app.producer.stop()
+
+
+def decision_ids(cases: Sequence[Case], start: float, run: str) -> set[str]:
+    """The ids every decision of this run can have (trigger kind x triggering event)."""
+    return {
+        Trigger(kind, e.user_id, e.event_id, e.ts, e.ts, False, e.item_id, "").decision_id
+        for case in cases for e in case.events(start, run) for kind in TriggerKind
+    }

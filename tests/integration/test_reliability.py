@@ -47,7 +47,7 @@ from models.profile import Profile, event_fingerprint
 from models.replay import Replay
 from streams import services
 from streams.admin import create_topics
-from streams.cooccurrence import decode_pairs
+from streams.pairs import decode_pairs
 from streams.topics import Topics
 from tests.integration.conftest import (
     Deployment,

@@ -7,7 +7,7 @@ from pathlib import Path
 from models.cooccurrence import Row
 from models.events import Event, EventType
 from models.logfile import BadRow, open_events
-from models.popularity import Popularity
+from models.popularity import ServedPopularity
 from models.profile import Profile
 from models.replay import LOG_SOURCE, Replay, ReplayConfig, ReplayStats
 from models.step import StepConfig, step
@@ -26,7 +26,7 @@ def sessions(start: float = 1000.0) -> list[Event]:
 
 def test_the_replay_runs_exactly_the_streaming_core_functions() -> None:
     """The ingest agent's step (profile, pairs from the recent items before it), then
-    rows and popularity."""
+    rows and the served popularity of each event's row."""
     events = sessions()
     replay = Replay()
     replay.run(events)
@@ -34,13 +34,13 @@ def test_the_replay_runs_exactly_the_streaming_core_functions() -> None:
     cfg = ReplayConfig()
     profiles: dict[str, Profile] = {}
     rows: dict[str, Row] = {}
-    popularity = Popularity(cfg.popularity)
+    popularity = ServedPopularity(cfg.cooc.half_life_s)
     for n, ev in enumerate(events, 1):
         result = step(profiles.get(ev.user_id), ev, LOG_SOURCE, n, ev.ts, StepConfig(cfg.profile, cfg.cooc))
         profiles[ev.user_id] = result.profile
         for inc in result.increments:
             rows.setdefault(inc.item_id, Row()).apply(inc, cfg.cooc)
-        popularity.learn_one(ev)
+        popularity.learn(ev.item_id, ev.category, rows[ev.item_id].value, rows[ev.item_id].ts)
 
     assert {u: p.to_bytes() for u, p in replay.profiles.items()} == {
         u: p.to_bytes() for u, p in profiles.items()
@@ -48,7 +48,8 @@ def test_the_replay_runs_exactly_the_streaming_core_functions() -> None:
     assert {i: r.to_bytes() for i, r in replay.rows.items()} == {
         i: r.to_bytes() for i, r in rows.items()
     }
-    assert replay.popularity.to_bytes() == popularity.to_bytes()
+    assert replay.popularity.top(10) == popularity.top(10)
+    assert replay.popularity.top(10, "cat") == popularity.top(10, "cat")
 
 
 def test_related_items_follow_the_evidence() -> None:
