@@ -109,7 +109,4 @@ def run_produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if summary.errors == 0 else 1
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from load.demo import run
 
-    return run(args)

@@ -4,7 +4,9 @@
 2. creates the topics and starts one worker process;
 3. produces a realistic event stream (synthetic by default, or a real log) for about a
    minute, printing a live summary scraped from the worker's ``/metrics``;
-4. prints a final summary, stops the worker, and stops the services if it started them.
+4. prints a final summary — decisions read back from the notification topics, each
+   ``decision_id`` once, cold start included — stops the worker, and stops the services
+   if it started them.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from load import services
 from load.cli import send
-from streams import services
+from load.decisions import DECISION_GRACE_S, PUSHED, DecisionTally, DecisionWatcher
+from models.decision import Outcome
 from streams.admin import create_topics
 from streams.settings import Settings, load
 
@@ -159,7 +163,9 @@ def label_value(series: str) -> str:
     return series.partition('="')[2].rstrip('"}')
 
 
-def final_summary(snapshot: Snapshot, sent: int, elapsed: float, settings: Settings) -> None:
+def final_summary(
+    snapshot: Snapshot, tally: DecisionTally, sent: int, elapsed: float, settings: Settings
+) -> None:
     say("")
     say("== summary ==")
     say(f"events sent           {sent:>10,} in {elapsed:.0f}s ({sent / max(elapsed, 1e-6):,.0f}/s)")
@@ -173,9 +179,14 @@ def final_summary(snapshot: Snapshot, sent: int, elapsed: float, settings: Setti
             say(f"  {label_value(key):<20}{value:>10,.0f}")
     say(f"duplicates skipped    {snapshot.get('nudgestream_events_duplicate_total'):>10,.0f}")
     say(f"user profiles         {snapshot.get('nudgestream_profiles'):>10,.0f}")
-    say(f"push decisions        {snapshot.decisions('pushed'):>10,.0f} pushed, "
-        f"{snapshot.decisions('suppressed'):,.0f} suppressed, {snapshot.decisions('holdout'):,.0f} holdout, "
-        f"{snapshot.decisions('deferred'):,.0f} deferred")
+    # From the topics, by decision id: the audit can repeat a record after a crash.
+    say(f"push decisions        {tally.count(PUSHED):>10,} pushed, "
+        f"{tally.count(Outcome.SUPPRESSED):,} suppressed, {tally.count(Outcome.HOLDOUT):,} holdout, "
+        f"{tally.count(Outcome.DEFERRED):,} deferred")
+    say(f"  no candidates       {tally.count(Outcome.NO_CANDIDATES):>10,}  (cold start: nothing to recommend yet)")
+    share = tally.fallback_share()
+    if share is not None:
+        say(f"  popularity fallback {share:>10.0%}  of decisions with items (no related ones yet)")
     for q in (0.5, 0.99):
         lag = histogram_quantile(snapshot, "nudgestream_event_lag_seconds", q)
         if lag is not None:
@@ -216,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _stream(args: argparse.Namespace, settings: Settings, duration: float | None) -> int:
+    watcher = DecisionWatcher(settings)
+    watching = await watcher.start()
     started = time.monotonic()
     producing = asyncio.create_task(send(args, settings, duration=duration, count=None, progress=False))
     try:
@@ -225,5 +238,8 @@ async def _stream(args: argparse.Namespace, settings: Settings, duration: float 
     summary = await producing
     elapsed = time.monotonic() - started
     snapshot = await drain(settings.web_port, summary.sent)
-    final_summary(snapshot, summary.sent, elapsed, settings)
+    await asyncio.sleep(DECISION_GRACE_S)
+    watcher.stop()
+    await watching
+    final_summary(snapshot, watcher.tally, summary.sent, elapsed, settings)
     return 0

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Final
 
 from models.decision import Decision
@@ -43,6 +44,20 @@ from models.profile import UNKNOWN_CATEGORY, Profile
 from models.segments import Segment
 
 _VERBS: Final = {EventType.VIEW: "viewed", EventType.CLICK: "clicked", EventType.BUY: "bought"}
+#: The explanations of the popularity fallbacks (no related or category items).
+POPULAR_NOW: Final = "popular right now"
+POPULAR_LIKE_YOU: Final = "popular with shoppers like you in"
+#: The explanation of a trigger's audit record when nothing was found.
+NOTHING_TO_RECOMMEND: Final = "no related, category or popular items yet"
+
+
+class Source(StrEnum):
+    """Where a pushed item came from (its strongest contribution)."""
+
+    RELATED = "related"
+    CATEGORY = "category"
+    SEGMENT = "segment"
+    POPULAR = "popular"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,19 +136,20 @@ def _excluded(profile: Profile, config: PolicyConfig) -> set[str]:
 class _Candidate:
     related: float = 0.0
     popular: float = 0.0
-    #: The source that contributed most, for the explanation.
+    #: The source that contributed most, for the explanation, and its kind (:class:`Source`).
     reason: str = ""
     reason_weight: float = 0.0
+    source: str = ""
 
     @property
     def score(self) -> float:
         return self.related + self.popular
 
-    def add(self, related: float, popular: float, reason: str) -> None:
+    def add(self, related: float, popular: float, reason: str, source: str) -> None:
         self.related += related
         self.popular += popular
         if related + popular > self.reason_weight:
-            self.reason, self.reason_weight = reason, related + popular
+            self.reason, self.reason_weight, self.source = reason, related + popular, source
 
 
 class _Pool:
@@ -146,12 +162,14 @@ class _Pool:
     def add_related(self, related: Sequence[tuple[str, float]], weight: float, reason: str) -> None:
         for item, scaled in _scaled(related, _linear):
             if item not in self.excluded:
-                self._candidate(item).add(weight * scaled, 0.0, reason)
+                self._candidate(item).add(weight * scaled, 0.0, reason, Source.RELATED)
 
-    def add_popular(self, popular: Sequence[tuple[str, float]], weight: float, reason: str) -> None:
+    def add_popular(
+        self, popular: Sequence[tuple[str, float]], weight: float, reason: str, source: Source
+    ) -> None:
         for item, scaled in _scaled(popular, _from_log2):
             if item not in self.excluded:
-                self._candidate(item).add(0.0, weight * scaled, reason)
+                self._candidate(item).add(0.0, weight * scaled, reason, source)
 
     def _candidate(self, item: str) -> _Candidate:
         candidate = self.items.get(item)
@@ -206,20 +224,56 @@ def decide(
                 pool.add_popular(
                     data.popular_by_category.get(key, ()),
                     share,
-                    f"popular with shoppers like you in {key}",
+                    f"{POPULAR_LIKE_YOU} {key}",
+                    Source.SEGMENT,
                 )
         if not pool.items:
-            pool.add_popular(data.popular, 1.0, "popular right now")
+            pool.add_popular(data.popular, 1.0, POPULAR_NOW, Source.POPULAR)
     chosen = _best(pool, config)
     if not chosen:
         return None
+    items = tuple((item, candidate.score) for item, candidate in chosen)
+    sources = tuple((item, candidate.source) for item, candidate in chosen)
+    return _decision(trigger, items, segment, _explain(chosen), now, expires_at, sources)
+
+
+def without_candidates(
+    trigger: Trigger, segment: int | None, now: float, config: PolicyConfig
+) -> Decision | None:
+    """The audit form (no items) of a trigger :func:`decide` found nothing for.
+
+    None once the trigger has expired: then nothing was looked for.
+    """
+    expires_at = trigger.event_ts + config.expiry_s
+    if now >= expires_at:
+        return None
+    return _decision(trigger, (), segment, NOTHING_TO_RECOMMEND, now, expires_at)
+
+
+def is_popularity_fallback(explanation: str) -> bool:
+    """Whether a decision's explanation (:func:`_explain`) names only the fallbacks:
+    popular lists, because the user's items had no related ones nor categories."""
+    reasons = [part.rpartition(": ")[2] for part in explanation.split("; ")]
+    return all(r == POPULAR_NOW or r.startswith(POPULAR_LIKE_YOU) for r in reasons)
+
+
+def _decision(
+    trigger: Trigger,
+    items: tuple[tuple[str, float], ...],
+    segment: int | None,
+    explanation: str,
+    now: float,
+    expires_at: float,
+    sources: tuple[tuple[str, str], ...] = (),
+) -> Decision:
     return Decision(
         decision_id=trigger.decision_id,
         user_id=trigger.user_id,
-        items=tuple((item, candidate.score) for item, candidate in chosen),
+        items=items,
+        sources=sources,
         trigger=trigger.kind,
         segment=segment,
-        explanation=_explain(chosen),
+        explanation=explanation,
         event_ts=trigger.event_ts,
         decided_at=now,
         expires_at=expires_at,
@@ -233,7 +287,10 @@ def _add_categories(
     for category, share in _category_shares(profile, config):
         popular = data.popular_by_category.get(category, ())
         pool.add_popular(
-            popular, share * config.category_weight, f"popular in {category}, which you browsed"
+            popular,
+            share * config.category_weight,
+            f"popular in {category}, which you browsed",
+            Source.CATEGORY,
         )
     for candidate in pool.items.values():
         if candidate.related > 0 and candidate.popular > 0:

@@ -3,7 +3,7 @@
 One record for every path: :func:`models.candidates.decide` makes it, the rate limits
 check it (:meth:`Decision.limit_request`), :func:`models.routing.route` says what
 becomes of it, and it is published in the decision schema (``schemas/decision.v1.json``)
-or, when not pushed, in the audit schema (``schemas/audit.v1.json``).
+or, when not pushed, in the audit schema (``schemas/audit.v2.json``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from models.limits import LimitRequest
 from models.policy import TriggerKind
 
 SCHEMA_VERSION: Final = 1
+#: ``schemas/audit.v2.json``: schema 2 added the outcome ``no_candidates`` (empty items).
+AUDIT_SCHEMA_VERSION: Final = 2
 
 
 class Outcome(StrEnum):
@@ -25,6 +27,8 @@ class Outcome(StrEnum):
     SUPPRESSED = "suppressed"
     HOLDOUT = "holdout"
     DEFERRED = "deferred"
+    #: A trigger that found nothing to recommend (cold start): audited with no items.
+    NO_CANDIDATES = "no_candidates"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,9 @@ class Decision:
     decided_at: float
     expires_at: float
     transactional: bool
+    #: (item id, :class:`~models.candidates.Source`) of each item, for learning in
+    #: process; not part of the topic contract (``to_dict`` leaves it out).
+    sources: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The ``schemas/decision.v1.json`` form."""
@@ -58,8 +65,13 @@ class Decision:
         }
 
     def to_audit_dict(self, outcome: Outcome, reason: str) -> dict[str, Any]:
-        """The ``schemas/audit.v1.json`` form: a decision that was not pushed, and why."""
-        return {**self.to_dict(), "outcome": outcome.value, "reason": reason}
+        """The ``schemas/audit.v2.json`` form: a decision that was not pushed, and why."""
+        return {
+            **self.to_dict(),
+            "schema": AUDIT_SCHEMA_VERSION,
+            "outcome": outcome.value,
+            "reason": reason,
+        }
 
     def limit_request(self, tz: str | None) -> LimitRequest:
         """The rate-limit check of this decision for a user in zone ``tz``."""

@@ -45,7 +45,7 @@ class EventType(StrEnum):
 
 
 class RejectReason(StrEnum):
-    """Why an event was sent to the dead-letter topic (a bounded label set)."""
+    """Why a message was sent to the dead-letter topic (a bounded label set)."""
 
     OVERSIZED = "oversized"
     NOT_UTF8 = "not_utf8"
@@ -59,6 +59,10 @@ class RejectReason(StrEnum):
     TOPIC_MISMATCH = "topic_mismatch"
     FUTURE_TIMESTAMP = "future_timestamp"
     PAST_TIMESTAMP = "past_timestamp"
+    #: Push outcomes (``models.outcomes``): a kind not in the contract, and a decision
+    #: id the worker never issued to that user (or no longer remembers).
+    UNKNOWN_OUTCOME = "unknown_outcome"
+    UNKNOWN_DECISION = "unknown_decision"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +105,9 @@ class Rejection:
     detail: str
 
 
-class _InvalidEventError(Exception):
+class FieldError(Exception):
+    """A field breaks the contract; decoders turn it into their :class:`Rejection`."""
+
     def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(detail)
         self.rejection = Rejection(reason, detail)
@@ -124,6 +130,17 @@ def decode_event(
     only to reject timestamps too far in the future. ``expected_type`` is the type the
     source topic carries, if any.
     """
+    doc = parse_object(raw, max_bytes)
+    if isinstance(doc, Rejection):
+        return doc
+    try:
+        return _validate(doc, now, expected_type, max_future_skew_s)
+    except FieldError as exc:
+        return exc.rejection
+
+
+def parse_object(raw: bytes, max_bytes: int) -> dict[str, Any] | Rejection:
+    """The JSON object in ``raw``, or why it is none (shared by every decoder of a contract)."""
     if len(raw) > max_bytes:
         return Rejection(RejectReason.OVERSIZED, f"{len(raw)} bytes > {max_bytes}")
     try:
@@ -134,10 +151,7 @@ def decode_event(
         return Rejection(RejectReason.BAD_JSON, str(exc)[:200])
     if not isinstance(doc, dict):
         return Rejection(RejectReason.NOT_OBJECT, f"top level is {type(doc).__name__}")
-    try:
-        return _validate(doc, now, expected_type, max_future_skew_s)
-    except _InvalidEventError as exc:
-        return exc.rejection
+    return doc
 
 
 def _utf8_problem(raw: bytes, decoder_message: str) -> str:
@@ -160,70 +174,70 @@ def _utf8_problem(raw: bytes, decoder_message: str) -> str:
 def _validate(
     doc: dict[str, Any], now: float, expected: EventType | None, max_skew: float
 ) -> Event:
-    schema = _required(doc, "schema", int)
+    schema = required(doc, "schema", int)
     if schema != SCHEMA_VERSION:
-        raise _InvalidEventError(RejectReason.UNSUPPORTED_SCHEMA, f"schema {schema!r} (supported: 1)")
-    type_name = _required(doc, "type", str)
+        raise FieldError(RejectReason.UNSUPPORTED_SCHEMA, f"schema {schema!r} (supported: 1)")
+    type_name = required(doc, "type", str)
     event_type = _TYPES.get(type_name)
     if event_type is None:
-        raise _InvalidEventError(RejectReason.UNKNOWN_EVENT_TYPE, f"type {type_name[:40]!r}")
+        raise FieldError(RejectReason.UNKNOWN_EVENT_TYPE, f"type {type_name[:40]!r}")
     if expected is not None and event_type is not expected:
-        raise _InvalidEventError(RejectReason.TOPIC_MISMATCH, f"{type_name} event on the {expected} topic")
-    ts = _timestamp(doc, now, max_skew)
+        raise FieldError(RejectReason.TOPIC_MISMATCH, f"{type_name} event on the {expected} topic")
+    ts = timestamp(doc, now, max_skew)
     price = _optional_number(doc, "price")
     quantity = _optional(doc, "quantity", int)
     if quantity is not None and quantity < 1:
-        raise _InvalidEventError(RejectReason.BAD_VALUE, "quantity must be >= 1")
+        raise FieldError(RejectReason.BAD_VALUE, "quantity must be >= 1")
     return Event(
-        event_id=_identifier(doc, "event_id"),
+        event_id=identifier(doc, "event_id"),
         type=event_type,
-        user_id=_identifier(doc, "user_id"),
-        item_id=_identifier(doc, "item_id"),
+        user_id=identifier(doc, "user_id"),
+        item_id=identifier(doc, "item_id"),
         ts=ts,
-        category=_optional_text(doc, "category"),
+        category=optional_text(doc, "category"),
         price=price,
-        session_id=_optional_text(doc, "session_id"),
+        session_id=optional_text(doc, "session_id"),
         quantity=quantity,
-        tz=_optional_text(doc, "tz"),
+        tz=optional_text(doc, "tz"),
     )
 
 
-def _required(doc: dict[str, Any], name: str, kind: type) -> Any:
+def required(doc: dict[str, Any], name: str, kind: type) -> Any:
     if name not in doc or doc[name] is None:
-        raise _InvalidEventError(RejectReason.MISSING_FIELD, f"missing {name}")
+        raise FieldError(RejectReason.MISSING_FIELD, f"missing {name}")
     value = doc[name]
     # bool is an int subclass in Python but not a number in JSON Schema.
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise _InvalidEventError(RejectReason.WRONG_TYPE, f"{name} must be {kind.__name__}")
+        raise FieldError(RejectReason.WRONG_TYPE, f"{name} must be {kind.__name__}")
     return value
 
 
 def _optional(doc: dict[str, Any], name: str, kind: type) -> Any:
     if doc.get(name) is None:
         return None
-    return _required(doc, name, kind)
+    return required(doc, name, kind)
 
 
-def _identifier(doc: dict[str, Any], name: str) -> str:
-    value: str = _required(doc, name, str)
+def identifier(doc: dict[str, Any], name: str) -> str:
+    value: str = required(doc, name, str)
     if not value or len(value) > MAX_ID_CHARS:
-        raise _InvalidEventError(RejectReason.BAD_VALUE, f"{name} must have 1..{MAX_ID_CHARS} characters")
+        raise FieldError(RejectReason.BAD_VALUE, f"{name} must have 1..{MAX_ID_CHARS} characters")
     return value
 
 
-def _optional_text(doc: dict[str, Any], name: str) -> str | None:
+def optional_text(doc: dict[str, Any], name: str) -> str | None:
     value: str | None = _optional(doc, name, str)
     if value is not None and len(value) > MAX_TEXT_CHARS:
-        raise _InvalidEventError(RejectReason.BAD_VALUE, f"{name} longer than {MAX_TEXT_CHARS} characters")
+        raise FieldError(RejectReason.BAD_VALUE, f"{name} longer than {MAX_TEXT_CHARS} characters")
     return value
 
 
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _InvalidEventError(RejectReason.WRONG_TYPE, f"{name} must be a number")
+        raise FieldError(RejectReason.WRONG_TYPE, f"{name} must be a number")
     number = float(value)
     if not math.isfinite(number):
-        raise _InvalidEventError(RejectReason.BAD_VALUE, f"{name} must be finite")
+        raise FieldError(RejectReason.BAD_VALUE, f"{name} must be finite")
     return number
 
 
@@ -233,16 +247,16 @@ def _optional_number(doc: dict[str, Any], name: str) -> float | None:
         return None
     number = _number(value, name)
     if number < 0:
-        raise _InvalidEventError(RejectReason.BAD_VALUE, f"{name} must be >= 0")
+        raise FieldError(RejectReason.BAD_VALUE, f"{name} must be >= 0")
     return number
 
 
-def _timestamp(doc: dict[str, Any], now: float, max_skew: float) -> float:
+def timestamp(doc: dict[str, Any], now: float, max_skew: float) -> float:
     if doc.get("ts") is None:
-        raise _InvalidEventError(RejectReason.MISSING_FIELD, "missing ts")
+        raise FieldError(RejectReason.MISSING_FIELD, "missing ts")
     ts = _number(doc["ts"], "ts")
     if ts > now + max_skew:
-        raise _InvalidEventError(RejectReason.FUTURE_TIMESTAMP, f"ts {ts:.0f} is {ts - now:.0f}s ahead")
+        raise FieldError(RejectReason.FUTURE_TIMESTAMP, f"ts {ts:.0f} is {ts - now:.0f}s ahead")
     if ts < MIN_TS:
-        raise _InvalidEventError(RejectReason.PAST_TIMESTAMP, f"ts {ts:.0f} is before 2000-01-01")
+        raise FieldError(RejectReason.PAST_TIMESTAMP, f"ts {ts:.0f} is before 2000-01-01")
     return ts

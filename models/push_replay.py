@@ -20,7 +20,8 @@ simulated clock taken from event times:
    group among allowed decisions, quiet-hours deferrals decided again later).
 
 Every decision is recorded (:class:`Record`): pushes in the decision schema, the others
-(suppressed, holdout, deferred) in the audit schema. ``decided_at`` is the simulated
+(suppressed, holdout, deferred, and triggers that found no candidates) in the audit
+schema. A learning policy may steer decisions (:class:`Steering`) before the limits. ``decided_at`` is the simulated
 time the decision was made; a decision deferred by quiet hours is recorded as deferred
 when it is made and decided again when the quiet hours end, so a push's ``decided_at``
 is when it is sent.
@@ -35,7 +36,9 @@ is when it is sent.
 >>> stats = PushReplay(config, records.append).run(log)
 >>> [(r.outcome, r.decision.trigger.value, r.decision.user_id, [i for i, _ in r.decision.items])
 ...  for r in records]  # doctest: +NORMALIZE_WHITESPACE
-[('pushed', 'browse_interest', 'u3', ['b']),
+[('no_candidates', 'browse_interest', 'u1', []),
+ ('no_candidates', 'browse_interest', 'u2', []),
+ ('pushed', 'browse_interest', 'u3', ['b']),
  ('pushed', 'browse_abandoned', 'u1', ['c']),
  ('pushed', 'browse_abandoned', 'u2', ['c']),
  ('suppressed', 'browse_abandoned', 'u3', ['b'])]
@@ -51,7 +54,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Protocol
 
 import orjson
 
@@ -64,7 +67,7 @@ from models.logfile import BadRow
 from models.policy import PolicyConfig, Trigger, still_valid
 from models.profile import Profile
 from models.replay import DEFAULT_PROGRESS_EVERY, Replay, ReplayConfig, ReplayStats
-from models.routing import Route, route, segment_of
+from models.routing import Route, route, segment_of, unfilled
 from models.segments import SegmenterConfig, SegmentSnapshot, SegmentTrainer
 from models.step import Step
 
@@ -128,6 +131,16 @@ class PushReplayStats:
         }
 
 
+class Steering(Protocol):
+    """What a learning policy (:mod:`models.push_learning`) may change before the rate
+    limits: keep a decision, narrow its items, or stop it (the reason it returns is
+    audited as ``suppressed``); and move the release of a deferred one."""
+
+    def steer(self, decision: Decision) -> Decision | str: ...
+
+    def release_at(self, decision: Decision, default: float, tz: str | None) -> float: ...
+
+
 class _Segments:
     """The trainer, its latest snapshot and the assignment of users, as in the workers."""
 
@@ -154,9 +167,13 @@ class PushReplay:
     """The decision path on a simulated clock (see the module doc)."""
 
     def __init__(
-        self, config: PushReplayConfig | None = None, sink: Callable[[Record], None] | None = None
+        self,
+        config: PushReplayConfig | None = None,
+        sink: Callable[[Record], None] | None = None,
+        steer: Steering | None = None,
     ) -> None:
         self.config = config or PushReplayConfig()
+        self.steer = steer
         self.replay = Replay(self.config.replay, self.config.policy)
         self.segments = _Segments(self.config)
         self.limiter = Limiter(self.config.limits)
@@ -220,9 +237,16 @@ class PushReplay:
         decision = decide(trigger, profile, data, segment, info, now, policy)
         if decision is None:
             self.stats.empty += 1
+            self._route(unfilled(trigger, segment, now, policy))
             return
+        if self.steer is not None:
+            steered = self.steer.steer(decision)
+            if isinstance(steered, str):
+                self._emit(Record(decision, Outcome.SUPPRESSED.value, steered))
+                return
+            decision = steered
         verdict = self.limiter.check(decision.limit_request(profile.tz))
-        self._route(route(trigger, decision, verdict, policy))
+        self._route(route(trigger, decision, verdict, policy, self._release(decision, profile.tz)))
 
     def fetch(self, need: Needs) -> CandidateData:
         """What the workers fetch from Redis, read from the replay's state."""
@@ -233,9 +257,18 @@ class PushReplay:
             popular_by_category={c: popularity.top(need.n_popular, c) for c in need.categories},
         )
 
+    def _release(self, decision: Decision, tz: str | None) -> Callable[[float], float] | None:
+        """The steering's release time of ``decision`` if it is deferred."""
+        steer = self.steer
+        if steer is None:
+            return None
+        return lambda default: steer.release_at(decision, default, tz)
+
     def _route(self, routed: Route | None) -> None:
-        # None is for a push marked published before a crash: nothing is marked offline.
-        assert routed is not None, "the replay never marks a push published"
+        # None: a push marked published before a crash (nothing is marked offline), or
+        # a trigger that expired before it found candidates (nothing was decided).
+        if routed is None:
+            return
         if routed.retry is not None:
             self._schedule(routed.retry)
         outcome = PUSHED if routed.outcome is None else routed.outcome.value

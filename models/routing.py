@@ -10,7 +10,10 @@ where the same decision goes in the stream:
   :class:`Route`: pushed (only the items the limiter let through), held back for the
   control group (:func:`in_holdout`, drawn *after* the limits so control users face the
   same limits as the others), suppressed with the limiter's reason, or deferred by
-  quiet hours, with the trigger to decide again when they end (:func:`release_at`).
+  quiet hours, with the trigger to decide again when they end (:func:`release_at`, or
+  when a learning policy moves it: ``release``);
+* :func:`unfilled` — a trigger :func:`models.candidates.decide` found nothing for (cold
+  start), audited as ``no_candidates`` with no items.
 
 >>> from models.decision import Decision
 >>> from models.limits import LimitResult, Verdict
@@ -30,9 +33,11 @@ where the same decision goes in the stream:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from models.candidates import without_candidates
 from models.decision import Decision, Outcome
 from models.features import profile_vector
 from models.limits import LimitResult, Verdict
@@ -43,6 +48,7 @@ from models.segments import Segment, SegmentSnapshot
 #: The audit reason of a decision deferred by the user's quiet hours.
 QUIET_HOURS: Final = "quiet_hours"
 HOLDOUT: Final = "holdout"
+NO_CANDIDATES: Final = "no_candidates"
 #: The reason of a suppression the limiter gave none for (it always does today).
 UNKNOWN_REASON: Final = "unknown"
 
@@ -64,10 +70,18 @@ class Route:
 
 
 def route(
-    trigger: Trigger, decision: Decision, result: LimitResult, config: PolicyConfig
+    trigger: Trigger,
+    decision: Decision,
+    result: LimitResult,
+    config: PolicyConfig,
+    release: Callable[[float], float] | None = None,
 ) -> Route | None:
     """Where ``decision`` goes after the limits said ``result``; None when nowhere: an
-    allowed decision the limiter saw published before (a replay after a crash)."""
+    allowed decision the limiter saw published before (a replay after a crash).
+
+    ``release`` maps the default release time of a deferred decision (:func:`release_at`)
+    to the one to use (a learning policy's send time, :class:`models.push_replay.Steering`).
+    """
     if result.verdict is Verdict.ALLOWED:
         if result.replayed and result.published:
             return None  # published before a crash: never twice
@@ -76,10 +90,23 @@ def route(
         return Route(decision.restricted_to(result.items))
     if result.verdict is Verdict.DEFERRED:
         assert result.defer_until is not None  # the limiter sets it on every deferral
-        release = release_at(decision.user_id, result.defer_until, config)
-        return Route(decision, Outcome.DEFERRED, QUIET_HOURS, trigger.deferred_to(release))
+        at = release_at(decision.user_id, result.defer_until, config)
+        if release is not None:
+            at = release(at)
+        return Route(decision, Outcome.DEFERRED, QUIET_HOURS, trigger.deferred_to(at))
     reason = result.reason.value if result.reason is not None else UNKNOWN_REASON
     return Route(decision, Outcome.SUPPRESSED, reason)
+
+
+def unfilled(
+    trigger: Trigger, segment: int | None, now: float, config: PolicyConfig
+) -> Route | None:
+    """The audit route of a trigger that found no candidates; None once it has expired
+    (it waited past its expiry: nothing was looked for)."""
+    empty = without_candidates(trigger, segment, now, config)
+    if empty is None:
+        return None
+    return Route(empty, Outcome.NO_CANDIDATES, NO_CANDIDATES)
 
 
 def segment_of(

@@ -2,7 +2,7 @@
 # The suite must pass at any hour: runs the unit tests and the Redis limiter, holdout and
 # AUTH integration tests with the test process's clock set inside the default quiet hours
 # (22:00-08:00 UTC), with libfaketime. Only the Python processes are faked: the local
-# Kafka and Redis keep the machine's clock (streams/services.py strips libfaketime's
+# Kafka and Redis keep the machine's clock (load/services.py strips libfaketime's
 # variables from what it starts). Called by scripts/test.sh; needs the services up.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +21,6 @@ from typing import Any
 
 import faust
 import orjson
-import redis.asyncio as aioredis
-from aiohttp import web as aiohttp_web
 from faust.types import EventT, Message, RecordMetadata, TableT
 
 from models.cooccurrence import CoocConfig, DecayedValue
@@ -32,7 +29,8 @@ from models.features import FeatureConfig
 from models.profile import Profile, ProfileConfig
 from models.step import StepConfig, step
 from streams import metrics
-from streams.batches import BACKGROUND_BATCH, acting_for, batches, release, unsettled
+from streams.batches import BACKGROUND_BATCH, batches, release, unsettled
+from streams.clients import faust_app, redis_client
 from streams.codecs import dlq_record
 from streams.cooccurrence import (
     FLUSH_INTERVAL_S,
@@ -43,6 +41,12 @@ from streams.cooccurrence import (
 )
 from streams.decisions import DecisionEngine
 from streams.erasure import EXPIRE, FORGET, Eraser
+from streams.faust_internals import (
+    acting_for,
+)
+from streams.gauges import Gauges
+from streams.outcomes import OutcomeTracker
+from streams.pages import add_pages
 from streams.pairs import PairBatch, source_id
 from streams.refetch import Refetcher
 from streams.segmentation import (
@@ -51,7 +55,6 @@ from streams.segmentation import (
     SegmentTrainerService,
     SnapshotFollower,
     read_latest_snapshot,
-    snapshot_summary,
     training_record,
 )
 from streams.settings import Settings
@@ -73,16 +76,6 @@ ROCKSDB_OPTIONS = {
 MAX_SAMPLE_AGE_S = 30.0
 #: How often inactive users are looked for (at most; a tenth of the retention if shorter).
 RETENTION_SWEEP_S = 3600.0
-#: How many profiles the segment-size gauge looks at per refresh (an estimate beyond).
-SEGMENT_GAUGE_SAMPLE = 5000
-
-
-def redis_client(settings: Settings) -> aioredis.Redis:
-    """Short timeouts: a dead Redis must fail a decision fast (closed), not stall a stream."""
-    return aioredis.from_url(
-        settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0,
-        health_check_interval=10, retry_on_timeout=False,
-    )
 
 
 class Worker:
@@ -91,11 +84,13 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.profile_config = ProfileConfig(half_life_s=settings.profile_half_life_s)
-        self.app = _faust_app(settings)
+        self.app = faust_app(settings)
         self.topics = settings.topics
         self.refetcher = Refetcher(self.app, settings)
         self._topic_types = {name: t for t, name in self.topics.events.items()}
-        self.events_topic = self.app.topic(*self.topics.events.values())
+        # Re-keyed events come back through the same agent, co-partitioned by user.
+        self.events_topic = self.app.topic(*self.topics.events.values(), self.topics.rekeyed)
+        self.rekeyed_topic = self.app.topic(self.topics.rekeyed)
         self.dlq_topic = self.app.topic(self.topics.dlq)
         # Keys are the user id's UTF-8 bytes and values the encoded profile, both "raw":
         # what recovery reads back from the changelog is exactly what was written.
@@ -117,21 +112,33 @@ class Worker:
         self.segments = SnapshotFollower(settings)
         self.trainer = SegmentTrainerService(settings, self.redis)
         self.decisions = DecisionEngine(self.app, settings, self.related, self.segments, self.pending)
-        self.eraser = Eraser(settings, self.redis, self.profiles, self.pending, self._send_command)
+        self.decided = self._table("decided")
+        self.outcomes = OutcomeTracker(
+            self.app, settings, self.decided, self.refetcher, self._dead_letter, self._released
+        )
+        self.decisions.on_allowed = self.outcomes.record
+        self.eraser = Eraser(
+            settings, self.redis, self.profiles, {"pending": self.pending, "decided": self.decided},
+            self._send_command,
+        )
         self.app.agent(self.events_topic, name="ingest")(self._ingest)
         self.app.agent(self.cooc_topic, name="cooc")(self._cooccurrence)
         self.app.agent(self.deferred_topic, name="deferred")(self._deferred)
+        self.app.agent(self.outcomes.topic, name="outcomes")(self.outcomes.consume)
         self._every(1.0, self.decisions.fire_due)
         self._every(min(RETENTION_SWEEP_S, self.eraser.retention_s / 10), self.eraser.sweep)
         self.app.agent(self.segments_train_topic, name="segment-trainer")(self._train_segments)
         self._every(FLUSH_INTERVAL_S, self._flush_related)
         self.app.task(self.segments.run)
         self._every(SNAPSHOT_INTERVAL_S, self._publish_segments)
-        self._every(5.0, self._refresh_gauges)
-        self._every(30.0, self._refresh_segment_gauges)
+        gauges = Gauges(self.app, self.topics, self.profiles, self.cooc_table, self.segments, self.redis)
+        self._every(5.0, gauges.refresh)
+        # As often as Faust commits: the lag gauge follows each commit within one interval.
+        self._every(self.app.conf.broker_commit_interval, gauges.refresh_lag)
+        self._every(30.0, gauges.refresh_segments)
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
-        self._add_pages()
+        add_pages(self.app, self.segments)
 
     def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
         """Run ``job`` every ``seconds``; a failure is logged and counted, not fatal.
@@ -190,6 +197,7 @@ class Worker:
         await asyncio.gather(*batch.sent, *self.decisions.take_sent())
         if self._released(events, "ingest"):
             return
+        self.outcomes.persist(events)
         for user_key, (profile, event) in batch.profiles.items():
             with acting_for(event):
                 self.profiles[user_key] = profile.to_bytes()
@@ -212,8 +220,9 @@ class Worker:
         user_key = decoded.user_id.encode()
         if key != user_key:
             # Per-user state needs every event of a user on one partition: re-key it
-            # instead of processing it on the wrong partition (or dropping it).
-            batch.sent.append(await self.app.topic(topic).send(key=user_key, value=value))
+            # instead of processing it on the wrong partition (or dropping it). Through an
+            # internal topic: other readers of the event topic must not see it twice.
+            batch.sent.append(await self.rekeyed_topic.send(key=user_key, value=value))
             return
         if self._process(batch, user_key, decoded, event):
             batch.applied.append(decoded)
@@ -234,7 +243,8 @@ class Worker:
         """The user-side core step for one valid event; False for a duplicate."""
         stored = batch.profile(user_key, self.profiles)
         position = source.message.offset
-        source_name = source_id(event.type, source.message.partition)
+        rekeyed = source.message.topic == self.topics.rekeyed
+        source_name = source_id(event.type, source.message.partition, rekeyed=rekeyed)
         result = step(stored, event, source_name, position, batch.now, self.step_config)
         if result.replayed:
             return False  # re-delivered after a crash or rebalance: applied already
@@ -364,125 +374,6 @@ class Worker:
         )
         return await self.dlq_topic.send(key=message.key, value=record)
 
-    # --- housekeeping --------------------------------------------------------------
-
-    async def _refresh_gauges(self) -> None:
-        metrics.PROFILES.set(len(self.profiles))
-        metrics.COOC_ROWS.set(len(self.cooc_table))
-        await self._check_redis()
-        consumer = self.app.consumer
-        # Start from zero so partitions lost in a rebalance stop counting here.
-        lag: dict[str, int] = dict.fromkeys(self.topics.events.values(), 0)
-        for tp in consumer.assignment():
-            committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
-            highwater = consumer.highwater(tp)
-            # Both are unknown for a moment after an assignment (a rebalance).
-            if committed is None or highwater is None:
-                continue
-            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, highwater - committed)
-        for topic, value in lag.items():
-            metrics.CONSUMER_LAG.labels(topic=topic).set(value)
-
-    async def _check_redis(self) -> None:
-        try:
-            await self.redis.ping()
-        except Exception:
-            metrics.REDIS_UP.set(0)
-            metrics.REDIS_ERRORS.labels(operation="ping").inc()
-        else:
-            metrics.REDIS_UP.set(1)
-
-    async def _refresh_segment_gauges(self) -> None:
-        """Users per segment, counted on up to SEGMENT_GAUGE_SAMPLE local profiles."""
-        snapshot = self.segments.current
-        if snapshot is None:
-            return
-        counts = dict.fromkeys(snapshot.ids, 0)
-        seen = 0
-        now = time.time()
-        for _, raw in self.profiles.items():
-            counts[self.segments.assign(Profile.from_bytes(raw), now) or 0] += 1
-            seen += 1
-            if seen >= SEGMENT_GAUGE_SAMPLE:
-                break
-        scale = len(self.profiles) / seen if seen else 0.0
-        metrics.SEGMENT_USERS.clear()
-        for segment, count in counts.items():
-            metrics.SEGMENT_USERS.labels(segment=str(segment)).set(round(count * scale))
-
-    def _add_pages(self) -> None:
-        app = self.app
-
-        @app.page("/metrics")
-        async def prometheus(web: Any, request: Any) -> Any:
-            return aiohttp_web.Response(
-                body=metrics.exposition(), content_type="text/plain", charset="utf-8"
-            )
-
-        @app.page("/segments")
-        async def segments(web: Any, request: Any) -> Any:
-            """The snapshot in use; with ?vector=x1,x2,... also the segment it assigns."""
-            snapshot = self.segments.current
-            if snapshot is None:
-                return web.json({"version": 0, "warming_up": True})
-            body: dict[str, Any] = orjson.loads(snapshot_summary(snapshot))
-            vector = request.query.get("vector")
-            if vector:
-                body["assigned"] = snapshot.assign([float(x) for x in vector.split(",")])
-            return web.json(body)
-
-        @app.page("/healthz")
-        async def healthz(web: Any, request: Any) -> Any:
-            return web.json({"status": "ok"})
-
-        @app.page("/readyz")
-        async def readyz(web: Any, request: Any) -> Any:
-            ready = app.rebalancing is False and app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
-            return web.json({"ready": ready}, status=200 if ready else 503)
-
-
-def _faust_app(settings: Settings) -> faust.App:
-    store = "rocksdb://" if settings.store == "rocksdb" else "memory://"
-    return faust.App(
-        settings.app_id,
-        broker=settings.broker_urls,
-        broker_credentials=_credentials(settings),
-        store=store,
-        datadir=str(settings.data_dir),
-        autodiscover=False,
-        web_enabled=True,
-        # Bind where configured; advertise the host name, so each worker has its own URL.
-        web_bind=settings.web_host,
-        web_host=socket.gethostname(),
-        web_port=settings.web_port,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication,
-        key_serializer="raw",
-        value_serializer="raw",
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        processing_guarantee=settings.processing_guarantee,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 10),
-        table_standby_replicas=0,
-        web_in_thread=False,
-    )
-
-
-def _credentials(settings: Settings) -> Any:
-    """Faust's form of the same security settings the aiokafka clients use."""
-    kwargs = settings.aiokafka_kwargs()
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    if protocol == "SSL":
-        return faust.SSLCredentials(kwargs["ssl_context"])
-    return faust.SASLCredentials(
-        username=settings.kafka_sasl_username,
-        password=settings.kafka_sasl_password,
-        mechanism=settings.kafka_sasl_mechanism,
-        ssl_context=kwargs.get("ssl_context"),
-    )
 
 
 @dataclass

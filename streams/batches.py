@@ -20,15 +20,13 @@ this, a rebalance test lost blocks of about seven events per partition.)
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
-from faust.streams import Stream, _current_event
+from faust.streams import Stream
 from faust.types import AppT, EventT, StreamT
-from mode.utils.futures import notify
 
+from streams.faust_internals import release_unacked
 from streams.refetch import Refetcher
 
 #: Batches of the agents off the event path (rows, delayed triggers, segment samples):
@@ -62,22 +60,6 @@ async def batches(
             refetcher.app.consumer.ack(event.message)  # a no-op once released
 
 
-@contextmanager
-def acting_for(event: EventT[bytes]) -> Iterator[None]:
-    """Make ``event`` the current event while a table is written.
-
-    A Faust table writes each key to the changelog partition of the *current event*, and
-    its RocksDB store picks its database the same way. Inside ``take_events`` there is no
-    current event (the stream is consumed in another task), so a write must name the
-    event it belongs to: one from the partition that owns the key.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
 def unsettled(app: AppT, events: Sequence[EventT[bytes]], recovered_generation: int) -> bool:
     """Whether the batch overlapped a rebalance or the table recovery that follows it.
 
@@ -103,9 +85,6 @@ def release(refetcher: Refetcher, events: Sequence[EventT[bytes]]) -> None:
     Faust has no public call for this; the consumer's bookkeeping is what ``ack`` would
     touch, minus the offset it would record for the next commit.
     """
-    consumer = refetcher.app.consumer
-    for event in events:
-        event.message.acked = True  # so the batch's own acknowledgement leaves it alone
-        consumer._unacked_messages.discard(event.message)  # type: ignore[attr-defined]
-    notify(consumer._waiting_for_ack)  # type: ignore[attr-defined]  # wakes a rebalance waiting for acks
+    # Marked acknowledged, so the batch's own acknowledgement leaves them alone.
+    release_unacked(refetcher.app.consumer, (event.message for event in events))
     refetcher.rewind(events)

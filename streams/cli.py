@@ -3,6 +3,16 @@
 Run ``nudgestream --help`` for the list and ``nudgestream COMMAND --help`` for each.
 Configuration comes from ``NUDGESTREAM_*`` environment variables (``nudgestream config``
 lists them); a bad value stops the command with a message naming the variable.
+
+The workers' commands are defined here. Other packages add commands without this one
+importing them: a :class:`Plugin` registered under the ``nudgestream.commands`` entry-point
+group (the development tooling in ``load`` registers ``services``, ``produce``, ``bench``
+and ``demo`` that way, see ``pyproject.toml``).
+
+>>> extra = Plugin(commands=(Command("hello", "say hello", lambda args: print("hi") or 0),))
+>>> main(["hello"], plugins=[extra])
+hi
+0
 """
 
 from __future__ import annotations
@@ -11,16 +21,60 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
 
 from streams import settings as settings_module
+from streams.config_values import describe as describe_declared
 from streams.settings import ConfigError, Settings
 
 Handler = Callable[[argparse.Namespace], int]
+PLUGIN_GROUP = "nudgestream.commands"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    """A command without options or positional arguments."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, one-line help, handler, and what declares its arguments."""
+
+    name: str
+    help: str
+    handler: Handler
+    add_arguments: Callable[[argparse.ArgumentParser], None] = _no_arguments
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """Commands another package adds, and the settings classes they read.
+
+    ``settings`` are dataclasses declared with :func:`streams.config_values.setting`;
+    ``nudgestream config`` lists them with the workers' own.
+    """
+
+    commands: tuple[Command, ...]
+    settings: tuple[type, ...] = ()
+
+
+def discover_plugins(
+    entry_points: Iterable[metadata.EntryPoint] | None = None,
+) -> list[Plugin]:
+    """The plugins registered under :data:`PLUGIN_GROUP` in the installed metadata."""
+    found = metadata.entry_points(group=PLUGIN_GROUP) if entry_points is None else entry_points
+    plugins = []
+    for entry_point in found:
+        plugin = entry_point.load()
+        if not isinstance(plugin, Plugin):
+            raise TypeError(f"entry point {entry_point.value!r} is not a streams.cli.Plugin")
+        plugins.append(plugin)
+    return plugins
+
+
+def main(argv: Sequence[str] | None = None, plugins: Sequence[Plugin] | None = None) -> int:
+    parser = _parser(discover_plugins() if plugins is None else plugins)
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
@@ -34,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(plugins: Sequence[Plugin]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nudgestream",
         description="Real-time interest segments, item co-occurrence and rate-limited push "
@@ -43,15 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    services = _command(
-        commands,
-        "services",
-        _services,
-        "start/stop the local Kafka (KRaft) broker and Redis server on loopback",
-    )
-    services.add_argument("action", choices=["up", "down", "status"])
-
-    _command(commands, "config", _config, "list every setting, its variable and default")
+    extra_settings = tuple(raw for plugin in plugins for raw in plugin.settings)
+    _command(commands, "config", lambda args: _config(extra_settings),
+             "list every setting, its variable and default")
 
     topics = _command(commands, "topics", _topics, "create all topics (idempotent)")
     topics.add_argument("action", choices=["create"])
@@ -93,26 +141,9 @@ def _parser() -> argparse.ArgumentParser:
                       "reference notification worker: each push decision to a sender, once")
     add_notify_arguments(notify)
 
-    from load.bench import add_bench_arguments
-    from load.cli import add_demo_arguments, add_produce_arguments
-
-    bench = _command(commands, "bench", _bench,
-                     "benchmark on the local Kafka + Redis: raw aiokafka passthrough vs one "
-                     "worker, event-to-decision latency at half load, memory per user")
-    add_bench_arguments(bench)
-
-    produce = _command(
-        commands, "produce", _produce, "produce synthetic or real-log events to the event topics"
-    )
-    add_produce_arguments(produce)
-    demo = _command(
-        commands,
-        "demo",
-        _demo,
-        "the main job: local Kafka + Redis + a worker + a realistic event stream, "
-        "with a live summary; bounded (about a minute) unless --forever",
-    )
-    add_demo_arguments(demo)
+    for plugin in plugins:
+        for command in plugin.commands:
+            command.add_arguments(_command(commands, command.name, command.handler, command.help))
     return parser
 
 
@@ -131,25 +162,8 @@ def load_settings() -> Settings:
     return settings_module.load()
 
 
-def _services(args: argparse.Namespace) -> int:
-    from streams import services
-
-    local = services.LocalServices.from_env()
-    try:
-        if args.action == "up":
-            services.up(local)
-        elif args.action == "down":
-            services.down(local)
-        else:
-            print(json.dumps(services.status(local), indent=2))
-    except services.ServiceError as exc:
-        print(f"nudgestream services: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _config(args: argparse.Namespace) -> int:
-    for variable, default, meaning in settings_module.describe():
+def _config(extra_settings: tuple[type, ...]) -> int:
+    for variable, default, meaning in settings_module.describe() + describe_declared(*extra_settings):
         print(f"{variable:40} default {default!r:28} {meaning}")
     return 0
 
@@ -217,7 +231,7 @@ def _forget(args: argparse.Namespace) -> int:
 
 def _related(args: argparse.Namespace) -> int:
     from models.cooccurrence import CoocConfig
-    from streams.app import redis_client
+    from streams.clients import redis_client
     from streams.cooccurrence import RelatedItemsStore
 
     settings = load_settings()
@@ -253,23 +267,9 @@ def _worker(args: argparse.Namespace) -> int:
     return run_worker(load_settings())
 
 
-def _produce(args: argparse.Namespace) -> int:
-    from load.cli import run_produce
-
-    return run_produce(args, load_settings())
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from load.bench import run_bench_command
-
-    return run_bench_command(args)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from load.cli import run_demo
-
-    return run_demo(args)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: plugins are built from
+    # streams.cli's classes, which the copy's isinstance check would not recognise.
+    from streams.cli import main as module_main
+
+    sys.exit(module_main())

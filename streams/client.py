@@ -23,6 +23,14 @@ Traceback (most recent call last):
 ...
 streams.client.InvalidEvent: unknown_event_type: type 'like'
 
+The same producer reports push outcomes (``schemas/outcome.v1.json``) for the
+decisions it received — what the app saw the user do with a push — validated the same
+way and sent to ``<prefix>notifications.outcomes`` keyed by the user id:
+
+>>> builder.build_outcome({"kind": "clicked", "decision_id": "d-1", "user_id": "u-42"},
+...                       now=1700000000.0).topic
+'shop.notifications.outcomes'
+
 From synchronous code, :class:`SyncEventProducer` runs the same client on its own event
 loop in a background thread::
 
@@ -55,6 +63,8 @@ from models.events import (
     RejectReason,
     decode_event,
 )
+from models.outcomes import SCHEMA_VERSION as OUTCOME_SCHEMA_VERSION
+from models.outcomes import PushOutcome, decode_outcome
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -63,13 +73,15 @@ T = TypeVar("T")
 #: Fields of schema 1. The decoder ignores others (forward compatibility), but a producer
 #: sending one is almost always a typo, which is better caught here than lost silently.
 KNOWN_FIELDS: Final = frozenset({"schema"} | {f.name for f in dataclasses.fields(Event)})
+OUTCOME_FIELDS: Final = frozenset({"schema"} | {f.name for f in dataclasses.fields(PushOutcome)})
 #: Durability settings the client guarantees; callers may not weaken them.
 FIXED_PRODUCER_OPTIONS: Final[Mapping[str, Any]] = {"acks": "all", "enable_idempotence": True}
 DEFAULT_LINGER_MS: Final = 10
 
 
 class InvalidEvent(ValueError):  # noqa: N818  # the name the published client API uses
-    """The event breaks ``schemas/event.v1.json``; ``reason`` and ``detail`` say how.
+    """The event breaks ``schemas/event.v1.json`` (an outcome: ``schemas/outcome.v1.json``);
+    ``reason`` and ``detail`` say how.
 
     ``reason`` is the :class:`~models.events.RejectReason` the worker would have
     dead-lettered it with, or ``"unknown_field"``; ``detail`` names the field.
@@ -92,6 +104,16 @@ class EventMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class OutcomeMessage:
+    """One outcome message ready to send, and the outcome it carries."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    outcome: PushOutcome
+
+
+@dataclass(frozen=True, slots=True)
 class MessageBuilder:
     """Turns an event mapping into a validated :class:`EventMessage` (pure apart from uuid4)."""
 
@@ -102,9 +124,7 @@ class MessageBuilder:
     def build(self, event: Mapping[str, Any] | Event, *, now: float) -> EventMessage:
         """Fill the missing ``schema``/``event_id``/``ts`` and validate; raise InvalidEvent."""
         doc = event.to_dict() if isinstance(event, Event) else dict(event)
-        unknown = sorted(set(doc) - KNOWN_FIELDS)
-        if unknown:
-            raise InvalidEvent("unknown_field", f"not in schema 1: {', '.join(unknown)}")
+        _check_fields(doc, KNOWN_FIELDS)
         doc.setdefault("schema", SCHEMA_VERSION)
         if doc.get("event_id") is None:
             doc["event_id"] = str(uuid.uuid4())
@@ -120,6 +140,26 @@ class MessageBuilder:
         return EventMessage(
             self.topics.event(decoded.type), decoded.user_id.encode(), value, decoded
         )
+
+
+    def build_outcome(self, outcome: Mapping[str, Any] | PushOutcome, *, now: float) -> OutcomeMessage:
+        """Fill the missing ``schema``/``ts`` of an outcome and validate; raise InvalidEvent."""
+        doc = outcome.to_dict() if isinstance(outcome, PushOutcome) else dict(outcome)
+        _check_fields(doc, OUTCOME_FIELDS)
+        doc.setdefault("schema", OUTCOME_SCHEMA_VERSION)
+        if doc.get("ts") is None:
+            doc["ts"] = now
+        value = _encode(doc)
+        decoded = decode_outcome(value, now=now, max_future_skew_s=self.max_future_skew_s)
+        if isinstance(decoded, Rejection):
+            raise InvalidEvent(decoded.reason, decoded.detail)
+        return OutcomeMessage(self.topics.outcomes, decoded.user_id.encode(), value, decoded)
+
+
+def _check_fields(doc: Mapping[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise InvalidEvent("unknown_field", f"not in schema 1: {', '.join(unknown)}")
 
 
 def _encode(doc: dict[str, Any]) -> bytes:
@@ -207,6 +247,21 @@ class EventProducer:
         if self._producer is None:
             raise RuntimeError("EventProducer is not started (use `async with` or start())")
         message = self.builder.build(event, now=time.time())
+        delivery: asyncio.Future[Any] = await self._producer.send(
+            message.topic, key=message.key, value=message.value
+        )
+        return delivery
+
+    async def report_outcome(self, outcome: Mapping[str, Any] | PushOutcome) -> asyncio.Future[Any]:
+        """Validate and queue a push outcome (``kind``, ``decision_id``, ``user_id``...).
+
+        Like :meth:`send`: raises :class:`InvalidEvent` at once for a bad outcome and
+        returns a future resolved when Kafka has it. Reporting one twice is harmless: the
+        worker counts each (``decision_id``, ``kind``) once.
+        """
+        if self._producer is None:
+            raise RuntimeError("EventProducer is not started (use `async with` or start())")
+        message = self.builder.build_outcome(outcome, now=time.time())
         delivery: asyncio.Future[Any] = await self._producer.send(
             message.topic, key=message.key, value=message.value
         )

@@ -14,7 +14,9 @@ Runs inside the user-partitioned worker, after the profile update:
    items, popular items overall and per category) is fetched from Redis in **one
    pipelined round trip**; popular lists, which change only when related items are
    published, are kept in process for that long (:class:`streams.cooccurrence.PopularCache`).
-3. :func:`models.candidates.decide` picks the items.
+3. :func:`models.candidates.decide` picks the items; a trigger that finds none (cold
+   start) is audited on ``notifications.suppressed`` as ``no_candidates``, with no items
+   (:func:`models.routing.unfilled`).
 4. The Redis limiter checks and records each push atomically, all of a batch in one
    call (:meth:`streams.limiter.RedisLimiter.check_many`, in event order); it fails
    closed. A push deferred by quiet hours is decided again when they end (spread over
@@ -39,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
@@ -50,9 +52,10 @@ from faust.types import TableT
 from models.candidates import decide, needs
 from models.decision import Decision, Outcome
 from models.encoding import compact
+from models.limits import Verdict
 from models.policy import Trigger, still_valid
 from models.profile import Profile
-from models.routing import Route, route, segment_of
+from models.routing import Route, in_holdout, route, segment_of, unfilled
 from streams import metrics
 from streams.cooccurrence import RelatedItemsStore
 from streams.limiter import RedisLimiter
@@ -107,6 +110,9 @@ class DecisionEngine:
         #: Acknowledgements of the messages sent and not yet waited for, per agent task
         #: (the ingest and deferred agents share this engine; see take_sent).
         self._sent: dict[asyncio.Task[Any] | None, list[Awaitable[Any]]] = {}
+        #: Called with (trigger, decision as pushed, in the control group?) for every
+        #: allowed decision (see streams.outcomes.OutcomeTracker.record).
+        self.on_allowed: Callable[[Trigger, Decision, bool], None] | None = None
 
     async def reconcile(self, partitions: Sequence[int]) -> int:
         """On assignment: mark pushes already on the topic as published in the limiter.
@@ -207,6 +213,10 @@ class DecisionEngine:
         requests = [decision.limit_request(profile.tz) for (_, profile), decision in decided]
         results = await self.limiter.check_many(requests)
         for ((trigger, _), decision), result in zip(decided, results, strict=True):
+            if result.verdict is Verdict.ALLOWED and self.on_allowed is not None:
+                # Replays too: the record of a decision published before a crash may be lost.
+                holdout = in_holdout(decision.user_id, self.policy.holdout_percent, self.policy.holdout_salt)
+                self.on_allowed(trigger, decision.restricted_to(result.items), holdout)
             routed = route(trigger, decision, result, self.policy)
             if routed is not None:
                 await self._act(routed)
@@ -230,10 +240,18 @@ class DecisionEngine:
         for (trigger, profile), (segment, info), candidates in zip(due, segments, data, strict=True):
             decision = decide(trigger, profile, candidates, segment, info, now, self.policy)
             if decision is None:
-                metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="no_candidates").inc()
+                await self._act_unfilled(trigger, segment, now)
             else:
                 decided.append(((trigger, profile), decision))
         return decided
+
+    async def _act_unfilled(self, trigger: Trigger, segment: int | None, now: float) -> None:
+        """A trigger that found nothing (cold start) is audited too, with no items."""
+        routed = unfilled(trigger, segment, now, self.policy)
+        if routed is None:  # expired while it waited: nothing was decided
+            metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="expired").inc()
+            return
+        await self._act(routed)
 
     async def _act(self, routed: Route) -> None:
         if routed.outcome is None:

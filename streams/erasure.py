@@ -7,6 +7,8 @@ Where a user's data lives, and how it is erased:
   ``forget`` command on the user-keyed ``notifications.deferred`` topic; that worker
   deletes both keys, which writes *tombstones* to their changelogs (compaction then drops
   every older value), and acknowledges in Redis.
+* **recent decisions and their outcomes** (table ``decided``): deleted with the profile,
+  the same way.
 * **rate-limit and decision records** in Redis: deleted directly by the command.
 * Not user data: co-occurrence rows, related items and popularity (item ids and counts
   only), segment snapshots (centres of many users).
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -51,13 +53,14 @@ class Eraser:
         settings: Settings,
         redis: aioredis.Redis,
         profiles: TableT[bytes, bytes],
-        pending: TableT[bytes, bytes],
+        others: Mapping[str, TableT[bytes, bytes]],
         send_command: Callable[[bytes, bytes], Any],
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.profiles = profiles
-        self.pending = pending
+        #: The user's other tables by the name the acknowledgement reports them under.
+        self.tables = {"profile": profiles, **others}
         self.send_command = send_command
         self.retention_s = settings.retention_days * 86400.0
 
@@ -73,9 +76,9 @@ class Eraser:
         )
 
     def _delete(self, key: bytes) -> dict[str, bool]:
-        removed = {"profile": key in self.profiles, "pending": key in self.pending}
-        for table, present in ((self.profiles, removed["profile"]), (self.pending, removed["pending"])):
-            if present:
+        removed = {name: key in table for name, table in self.tables.items()}
+        for name, table in self.tables.items():
+            if removed[name]:
                 del table[key]  # a tombstone in the changelog
         return removed
 

@@ -20,7 +20,10 @@ from prometheus_client import (
     generate_latest,
 )
 
+from models.decided import Group
 from models.events import EventType, RejectReason
+from models.outcomes import OutcomeKind
+from models.policy import TriggerKind
 
 # `_created` series double the exposition for no use on dashboards or alerts.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -76,7 +79,7 @@ PROFILES = Gauge(
 )
 CONSUMER_LAG = Gauge(
     "nudgestream_consumer_lag_messages",
-    "Messages not yet processed by this worker, by topic (sum over its partitions).",
+    "Messages past the committed offsets of this worker's partitions, by topic (refreshed every commit interval).",
     ["topic"],
     registry=REGISTRY,
 )
@@ -97,7 +100,7 @@ RELATED_WRITES = Counter(
 )
 DECISIONS = Counter(
     "nudgestream_decisions_total",
-    "Push decisions by trigger and outcome (pushed, suppressed, holdout, deferred).",
+    "Push decisions by trigger and outcome (pushed, suppressed, holdout, deferred, no_candidates; expired: too late to decide).",
     ["trigger", "outcome"],
     registry=REGISTRY,
 )
@@ -166,10 +169,40 @@ SEGMENT_LEARNED = Counter(
     "Profile vectors learnt by the segment trainer.",
     registry=REGISTRY,
 )
+PUSH_OUTCOMES = Counter(
+    "nudgestream_push_outcomes_total",
+    "Push outcomes reported (sent, failed, opened, clicked, dismissed), each (decision, "
+    "outcome) counted once, by trigger and group (treatment, control).",
+    ["outcome", "trigger", "group"],
+    registry=REGISTRY,
+)
+OUTCOMES_DUPLICATE = Counter(
+    "nudgestream_push_outcomes_duplicate_total",
+    "Outcomes skipped because the same outcome of the decision was already counted.",
+    registry=REGISTRY,
+)
+OUTCOMES_REJECTED = Counter(
+    "nudgestream_outcomes_rejected_total",
+    "Outcomes sent to the dead-letter topic, by reason (unknown_decision among them).",
+    ["reason"],
+    registry=REGISTRY,
+)
+DECISIONS_RECORDED = Counter(
+    "nudgestream_decisions_recorded_total",
+    "Pushed and holdout decisions added to the users' records of recent decisions.",
+    registry=REGISTRY,
+)
 
 #: Cached children for the per-event path.
 CONSUMED_BY_TYPE = {t: EVENTS_CONSUMED.labels(type=t.value) for t in EventType}
 REJECTED_BY_REASON = {r: EVENTS_REJECTED.labels(reason=r.value) for r in RejectReason}
+OUTCOMES_BY_LABELS = {
+    (kind, trigger, group): PUSH_OUTCOMES.labels(outcome=kind.value, trigger=trigger.value, group=group.value)
+    for kind in OutcomeKind
+    for trigger in TriggerKind
+    for group in Group
+}
+OUTCOMES_REJECTED_BY_REASON = {r: OUTCOMES_REJECTED.labels(reason=r.value) for r in RejectReason}
 
 
 def exposition() -> bytes:

@@ -9,7 +9,11 @@ transactions are never seen) and, for each decision:
    than none;
 3. hands it to a :class:`DecisionSender` (default :class:`JsonLinesSender`: JSON lines
    on stdout or appended to a file; a real deployment plugs in its push provider);
-4. commits the offset only after the sender succeeded. On a sender error the record's
+4. reports what it did on ``notifications.outcomes`` (``schemas/outcome.v1.json``):
+   ``sent``, or ``failed`` with reason ``expired`` or ``sender_error``
+   (:mod:`streams.notify_outcomes`);
+5. commits the offset only after the sender succeeded and its outcomes were
+   acknowledged by the broker. On a sender error the record's
    partition is rewound to it and retried with exponential backoff; no offset past it
    is committed, so a restart delivers it again. The worker keeps polling while it
    retries, so it stays in its consumer group however long the sender is down.
@@ -29,8 +33,13 @@ window (a crash between the push and the write still duplicates) and would put a
 second dependency on the last hop; a push provider that takes ``decision_id`` as its
 idempotency key closes it, so the id is passed through unchanged in every decision.
 
+The pieces: :mod:`streams.notify_parse` (the fields acted on),
+:mod:`streams.notify_dedupe` (:class:`SeenDecisions`), :mod:`streams.notify_handler`
+(one record; the senders and metrics) and :mod:`streams.notify_loop` (polling,
+commits, retries); this module is the command and exports them all.
+
 Metrics (own registry, own port, default 6067, ``/metrics``):
-``nudgestream_notify_{received,sent,duplicates,expired,invalid,sender_errors}_total``
+``nudgestream_notify_{received,sent,duplicates,expired,invalid,sender_errors,outcomes}_total``
 and ``nudgestream_notify_latency_seconds`` (``decided_at`` to the sender's success).
 
 >>> seen = SeenDecisions(capacity=2)
@@ -44,360 +53,54 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import heapq
 import logging
 import math
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, Protocol
+from typing import Final
 
-import orjson
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaConnectionError, KafkaError
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from aiokafka.errors import KafkaConnectionError
+from prometheus_client import start_http_server
 
-from streams.metrics import LATENCY_BUCKETS
+from streams.notify_dedupe import DEFAULT_DEDUPE_CAPACITY, SeenDecisions
+from streams.notify_handler import DecisionHandler, DecisionSender, JsonLinesSender, NotifyMetrics
+from streams.notify_loop import (
+    DEFAULT_BATCH,
+    Backoff,
+    BatchOutcome,
+    RunLimits,
+    consume,
+    process_batch,
+    run_notifier,
+)
+from streams.notify_parse import Decision, parse_decision
 from streams.settings import Settings
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_DEDUPE_CAPACITY",
+    "DEFAULT_METRICS_PORT",
+    "Backoff",
+    "BatchOutcome",
+    "Decision",
+    "DecisionHandler",
+    "DecisionSender",
+    "JsonLinesSender",
+    "NotifyMetrics",
+    "RunLimits",
+    "SeenDecisions",
+    "add_notify_arguments",
+    "consume",
+    "parse_decision",
+    "process_batch",
+    "run_notifier",
+    "run_notify",
+]
 
 log = logging.getLogger("nudgestream.notify")
 
 DEFAULT_METRICS_PORT: Final = 6067
-#: Sent ids remembered at most; beyond it the ones expiring soonest are forgotten first.
-DEFAULT_DEDUPE_CAPACITY: Final = 200_000
-#: Records per poll: also the most a crash can make this worker send twice.
-DEFAULT_BATCH: Final = 100
-POLL_TIMEOUT_MS: Final = 500
-
-Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]
-
-
-class DecisionSender(Protocol):
-    """Delivers one decision (the decoded ``notifications.push`` value); raises on failure."""
-
-    async def send(self, decision: dict[str, Any]) -> None: ...
-
-
-class JsonLinesSender:
-    """Writes each decision as one JSON line to stdout, or appends it to ``path``."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        self._out: IO[bytes] = path.open("ab") if path is not None else sys.stdout.buffer
-        self._owned = path is not None
-
-    async def send(self, decision: dict[str, Any]) -> None:
-        self._out.write(orjson.dumps(decision) + b"\n")
-        # Flushed per line: "sent" must mean the line left this process.
-        self._out.flush()
-
-    def close(self) -> None:
-        if self._owned:
-            self._out.close()
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The fields this worker acts on, and the whole decoded record for the sender."""
-
-    decision_id: str
-    decided_at: float
-    expires_at: float
-    doc: dict[str, Any]
-
-
-def parse_decision(raw: bytes | None) -> Decision | None:
-    """The decision in a record's value, or None if it lacks what this worker needs."""
-    try:
-        doc = orjson.loads(raw or b"")
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(doc, dict):
-        return None
-    decision_id = doc.get("decision_id")
-    decided_at = _finite_number(doc.get("decided_at"))
-    expires_at = _finite_number(doc.get("expires_at"))
-    if not isinstance(decision_id, str) or not decision_id:
-        return None
-    if decided_at is None or expires_at is None:
-        return None
-    return Decision(decision_id, decided_at, expires_at, doc)
-
-
-def _finite_number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-class SeenDecisions:
-    """Ids of decisions already sent, each remembered until its decision expires.
-
-    A copy arriving later is dropped by the expiry check instead, so forgetting then is
-    safe. Both forgetting rules pop the id expiring soonest from one heap.
-    """
-
-    def __init__(self, capacity: int = DEFAULT_DEDUPE_CAPACITY) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
-        self.capacity = capacity
-        self._expiry: dict[str, float] = {}
-        self._heap: list[tuple[float, str]] = []
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-    def contains(self, decision_id: str, now: float) -> bool:
-        self._forget_expired(now)
-        return decision_id in self._expiry
-
-    def add(self, decision_id: str, expires_at: float) -> None:
-        if decision_id in self._expiry:
-            return
-        while len(self._expiry) >= self.capacity:
-            self._forget_soonest()
-        self._expiry[decision_id] = expires_at
-        heapq.heappush(self._heap, (expires_at, decision_id))
-
-    def _forget_expired(self, now: float) -> None:
-        # Strictly earlier than now, like the expiry check (now > expires_at): at the
-        # boundary a copy is still caught here.
-        while self._heap and self._heap[0][0] < now:
-            self._forget_soonest()
-
-    def _forget_soonest(self) -> None:
-        _, decision_id = heapq.heappop(self._heap)
-        del self._expiry[decision_id]
-
-
-class NotifyMetrics:
-    """The worker's own Prometheus metrics, in their own registry."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
-
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(f"nudgestream_notify_{name}_total", doc, registry=self.registry)
-
-        self.received = counter("received", "Records read from the push topic (retries included).")
-        self.sent = counter("sent", "Decisions the sender accepted.")
-        self.duplicates = counter("duplicates", "Decisions dropped: their decision_id was already sent.")
-        self.expired = counter("expired", "Decisions skipped because they were past expires_at.")
-        self.invalid = counter("invalid", "Records skipped: not a decision this worker can act on.")
-        self.sender_errors = counter("sender_errors", "Failed sender calls (each is retried).")
-        self.latency = Histogram(
-            "nudgestream_notify_latency_seconds",
-            "Time from a decision's decided_at to the sender's success.",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-
-
-class DecisionHandler:
-    """What happens to one record: parse, drop duplicates and expired, send, remember."""
-
-    def __init__(
-        self,
-        sender: DecisionSender,
-        metrics: NotifyMetrics,
-        seen: SeenDecisions | None = None,
-        clock: Clock = time.time,
-    ) -> None:
-        self.sender = sender
-        self.metrics = metrics
-        self.seen = seen or SeenDecisions()
-        self.clock = clock
-
-    async def handle(self, value: bytes | None) -> bool:
-        """True when the record is settled (its offset may be committed), False to retry."""
-        self.metrics.received.inc()
-        decision = parse_decision(value)
-        if decision is None:
-            # Retrying cannot fix it; holding the partition on it would stop every push.
-            self.metrics.invalid.inc()
-            return True
-        now = self.clock()
-        if self.seen.contains(decision.decision_id, now):
-            self.metrics.duplicates.inc()
-            return True
-        if now > decision.expires_at:
-            self.metrics.expired.inc()
-            return True
-        try:
-            await self.sender.send(decision.doc)
-        except Exception:
-            self.metrics.sender_errors.inc()
-            log.warning("sender failed for decision %s; will retry", decision.decision_id, exc_info=True)
-            return False
-        self.seen.add(decision.decision_id, decision.expires_at)
-        self.metrics.sent.inc()
-        self.metrics.latency.observe(max(0.0, self.clock() - decision.decided_at))
-        return True
-
-
-class Record(Protocol):
-    @property
-    def offset(self) -> int: ...
-    @property
-    def value(self) -> bytes | None: ...
-
-
-class Consumer(Protocol):
-    """The part of :class:`aiokafka.AIOKafkaConsumer` the loop uses."""
-
-    async def getmany(
-        self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
-    ) -> Mapping[Any, Sequence[Record]]: ...
-
-    async def commit(self, offsets: Mapping[Any, int] | None = None) -> None: ...
-
-    def seek(self, partition: Any, offset: int) -> None: ...
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Exponential delays between retries after a sender error, reset by a success."""
-
-    initial_s: float = 0.5
-    max_s: float = 30.0
-    _next_s: float = field(default=0.0, init=False)
-
-    def next_delay(self) -> float:
-        self._next_s = min(self.max_s, self._next_s * 2 if self._next_s else self.initial_s)
-        return self._next_s
-
-    def reset(self) -> None:
-        self._next_s = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class BatchOutcome:
-    #: Next offset to commit per partition (after its last settled record).
-    commits: dict[Any, int]
-    #: Offset of the record to retry per partition whose sender call failed.
-    rewinds: dict[Any, int]
-    settled: int
-
-
-async def process_batch(
-    batch: Mapping[Any, Sequence[Record]], handler: DecisionHandler
-) -> BatchOutcome:
-    """Handle records in order per partition, stopping a partition at its first failure."""
-    commits: dict[Any, int] = {}
-    rewinds: dict[Any, int] = {}
-    settled = 0
-    for partition, records in batch.items():
-        for record in records:
-            if not await handler.handle(record.value):
-                rewinds[partition] = record.offset
-                break
-            commits[partition] = record.offset + 1
-            settled += 1
-    return BatchOutcome(commits, rewinds, settled)
-
-
-@dataclass(frozen=True, slots=True)
-class RunLimits:
-    """When :func:`consume` returns (all None: only when ``stop`` is set)."""
-
-    max_messages: int | None = None
-    idle_exit_s: float | None = None
-    stop: asyncio.Event | None = None
-
-
-async def consume(
-    consumer: Consumer,
-    handler: DecisionHandler,
-    limits: RunLimits = RunLimits(),
-    *,
-    batch: int = DEFAULT_BATCH,
-    backoff: Backoff | None = None,
-    sleep: Sleep = asyncio.sleep,
-    clock: Clock = time.monotonic,
-) -> int:
-    """Poll, handle, commit, rewind on failure; return the number of settled records."""
-    backoff = backoff or Backoff()
-    settled = 0
-    last_record = clock()
-    while not _stopping(limits, settled):
-        wanted = batch if limits.max_messages is None else min(batch, limits.max_messages - settled)
-        records = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=wanted)
-        if not records:
-            if limits.idle_exit_s is not None and clock() - last_record >= limits.idle_exit_s:
-                break
-            continue
-        last_record = clock()
-        outcome = await process_batch(records, handler)
-        settled += outcome.settled
-        await _commit(consumer, outcome.commits)
-        for partition, offset in outcome.rewinds.items():
-            _rewind(consumer, partition, offset)
-        if outcome.rewinds:
-            await sleep(backoff.next_delay())
-        else:
-            backoff.reset()
-    return settled
-
-
-def _stopping(limits: RunLimits, settled: int) -> bool:
-    return (limits.stop is not None and limits.stop.is_set()) or (
-        limits.max_messages is not None and settled >= limits.max_messages
-    )
-
-
-async def _commit(consumer: Consumer, offsets: dict[Any, int]) -> None:
-    if not offsets:
-        return
-    try:
-        await consumer.commit(offsets)
-    except KafkaError as exc:
-        # A rebalance took the partitions away: their new owner resumes from the last
-        # committed offsets, so at most this poll's records are sent twice.
-        log.warning("offset commit failed (%s); records since the last commit will be re-read", exc)
-
-
-def _rewind(consumer: Consumer, partition: Any, offset: int) -> None:
-    try:
-        consumer.seek(partition, offset)
-    except KafkaError as exc:
-        # No longer ours: the new owner starts from the committed offset, before it.
-        log.warning("cannot rewind %s to %d (%s)", partition, offset, exc)
-
-
-async def run_notifier(
-    settings: Settings,
-    sender: DecisionSender,
-    *,
-    group: str,
-    limits: RunLimits = RunLimits(),
-    metrics: NotifyMetrics | None = None,
-    batch: int = DEFAULT_BATCH,
-    backoff: Backoff | None = None,
-) -> int:
-    """Consume the deployment's push topic in ``group`` until ``limits``; return settled count."""
-    consumer = AIOKafkaConsumer(
-        settings.topics.push,
-        group_id=group,
-        client_id=f"{group}-notify",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        # A new group starts at the oldest retained decision: the expiry check skips the
-        # stale ones, and none produced before the group existed is lost.
-        auto_offset_reset="earliest",
-        **settings.aiokafka_kwargs(),
-    )
-    try:
-        await consumer.start()
-        handler = DecisionHandler(sender, metrics or NotifyMetrics())
-        return await consume(consumer, handler, limits, batch=batch, backoff=backoff)
-    finally:
-        await consumer.stop()
-
-
-# --- command line ---------------------------------------------------------------------
 
 
 def add_notify_arguments(parser: argparse.ArgumentParser) -> None:

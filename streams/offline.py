@@ -22,7 +22,8 @@ import orjson
 from models.evaluate import DEFAULT_K, EvalConfig, Fallback, evaluate
 from models.logfile import open_events
 from models.push_evaluate import evaluate_pushes
-from models.push_replay import PushReplayConfig, replay_pushes
+from models.push_learning import LearningConfig, holdout_lift, learning_replay
+from models.push_replay import PushReplayConfig, Record, replay_pushes
 from models.replay import Replay, ReplayStats
 from streams.settings import Settings
 
@@ -48,6 +49,17 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="what fills the next-item slots the item-to-item tables leave empty",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--no-learning", action="store_true",
+        help="skip the learning policy's replay (it is compared with the static policy)",
+    )
+    for part in ("fatigue", "bandit", "sendtime"):
+        parser.add_argument(f"--no-{part}", action="store_true", help=f"learning policy without {part}")
+    parser.add_argument(
+        "--source-arms", action="store_true",
+        help="learning policy: also gate pushed items by their candidate source",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the learning policy's bandit")
     add_policy_overrides(parser)
 
 
@@ -110,9 +122,22 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         open_events(args.events), EvalConfig(k=args.k, fallback=Fallback(args.fallback)), progress
     )
     pushes, unsent = _decisions(args, settings, progress)
+    horizon = args.horizon_h * 3600.0
+    learning = None
+    if args.decisions is None and not args.no_learning:
+        learning = _learning(args, settings, horizon, progress)
     progress.done()
-    push_report = evaluate_pushes(open_events(args.events), pushes, unsent, args.horizon_h * 3600.0)
-    report: dict[str, Any] = {"next_item": next_item, "push": push_report}
+    push_report = evaluate_pushes(open_events(args.events), pushes, unsent, horizon)
+    report: dict[str, Any] = {
+        "next_item": next_item,
+        "push": push_report,
+        "lift": holdout_lift(open_events(args.events), pushes + unsent, horizon),
+    }
+    if learning is not None:
+        learned, learner = learning
+        report["learning"] = _compare(
+            push_report, evaluate_pushes(open_events(args.events), *learned, horizon), learner
+        )
     if args.json:
         print(orjson.dumps(report).decode())
     else:
@@ -131,6 +156,51 @@ def _decisions(
     pushes, audit = io.BytesIO(), io.BytesIO()
     replay_pushes(open_events(args.events), pushes, audit, replay_config(args, settings), progress)
     return _json_lines(pushes.getvalue()), _json_lines(audit.getvalue())
+
+
+def _learning(
+    args: argparse.Namespace, settings: Settings, horizon: float, progress: Progress
+) -> tuple[tuple[list[dict[str, Any]], list[dict[str, Any]]], dict[str, Any]]:
+    """(pushes, unsent decisions) of the learning policy, and what it learnt."""
+    base = LearningConfig(horizon_s=horizon, seed=args.seed, source_arms=args.source_arms)
+    config = dataclasses.replace(
+        base,
+        fatigue=dataclasses.replace(base.fatigue, enabled=not args.no_fatigue),
+        bandit=dataclasses.replace(base.bandit, enabled=not args.no_bandit),
+        sendtime=dataclasses.replace(base.sendtime, enabled=not args.no_sendtime),
+    )
+    pushes: list[dict[str, Any]] = []
+    unsent: list[dict[str, Any]] = []
+
+    def keep(record: Record) -> None:
+        (pushes if record.pushed else unsent).append(record.to_dict())
+
+    learner = learning_replay(
+        open_events(args.events), replay_config(args, settings), config, keep, progress
+    )
+    return (pushes, unsent), learner.stats()
+
+
+_COMPARED = ("decisions", "pushed_new", "hits_new", "precision_new", "pushes_per_active_user")
+
+
+def _compare(
+    static: dict[str, Any], learned: dict[str, Any], learner: dict[str, Any]
+) -> dict[str, Any]:
+    """The learning policy beside the static one (the ``push`` figures)."""
+
+    def ratio(key: str) -> float | None:
+        return round(learned[key] / static[key], 3) if static[key] else None
+
+    return {
+        "static": {key: static[key] for key in _COMPARED},
+        "learning": {key: learned[key] for key in _COMPARED},
+        "precision_ratio": ratio("precision_new"),
+        "pushes_per_user_ratio": ratio("pushes_per_active_user"),
+        "by_trigger": learned["by_trigger"],
+        "unsent": learned["unsent"],
+        "learner": learner,
+    }
 
 
 def _json_lines(raw: bytes) -> list[dict[str, Any]]:

@@ -100,9 +100,14 @@ def _increments(encoded: Iterable[Any]) -> list[Increment]:
     return out
 
 
-def source_id(event_type: EventType, partition: int) -> str:
+#: The source letter of the re-keyed events' topic (unlike any event type's initial).
+REKEYED_SOURCE = "r"
+
+
+def source_id(event_type: EventType, partition: int, *, rekeyed: bool = False) -> str:
     """A short, stable name of an event-topic partition: ``v3`` is ``events.view`` partition 3.
 
-    Stored in every profile and row that a source touched, so it is kept short.
+    Stored in every profile and row that a source touched, so it is kept short. The
+    re-keyed events (``ingest.rekeyed``, every type in one offset sequence) are ``r3``.
     """
-    return f"{event_type.value[0]}{partition}"
+    return f"{REKEYED_SOURCE if rekeyed else event_type.value[0]}{partition}"

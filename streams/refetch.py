@@ -28,6 +28,7 @@ from faust.types import TP, AppT, EventT
 from faust.types.tuples import ConsumerMessage
 
 from streams import metrics
+from streams.faust_internals import committed_offset
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,7 @@ class Refetcher:
     def _expected(self, tp: TP) -> int | None:
         if tp in self._next:
             return self._next[tp]
-        committed: int | None = self.app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
-        return committed
+        return committed_offset(self.app.consumer, tp)
 
     async def _fetch(self, tp: TP, start: int, end: int) -> list[EventT[bytes]]:
         """Messages ``start <= offset < end`` of ``tp`` (fewer if some no longer exist)."""

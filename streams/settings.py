@@ -9,84 +9,94 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import time as dt_time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from models.limits import LimitConfig, Window
 from models.policy import PolicyConfig, TriggerKind
+from streams.config_values import (
+    ConfigError,
+    choice,
+    float_between,
+    int_between,
+    non_negative_float,
+    parse,
+    positive_float,
+    read_raw,
+    setting,
+)
+from streams.config_values import describe as describe_declared
 from streams.topics import Topics
 
-PREFIX = "NUDGESTREAM_"
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "nudgestream"
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A setting has a value the program cannot use."""
-
-
-def _env(name: str, default: str, doc: str) -> Any:
-    return field(default=default, metadata={"env": PREFIX + name, "doc": doc})
+__all__ = ["ConfigError", "RawSettings", "Settings", "describe", "load"]
 
 
 @dataclass(frozen=True)
 class RawSettings:
     """The environment as strings; see :class:`Settings` for the parsed form."""
 
-    kafka_bootstrap: str = _env("KAFKA_BOOTSTRAP", "127.0.0.1:19092", "host:port[,host:port...]")
-    kafka_security_protocol: str = _env(
+    kafka_bootstrap: str = setting("KAFKA_BOOTSTRAP", "127.0.0.1:19092", "host:port[,host:port...]")
+    kafka_security_protocol: str = setting(
         "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
     )
-    kafka_sasl_mechanism: str = _env("KAFKA_SASL_MECHANISM", "PLAIN", "PLAIN or SCRAM-SHA-256/512")
-    kafka_sasl_username: str = _env("KAFKA_SASL_USERNAME", "", "SASL user name")
-    kafka_sasl_password: str = _env("KAFKA_SASL_PASSWORD", "", "SASL password (secret)")
-    kafka_ssl_cafile: str = _env("KAFKA_SSL_CAFILE", "", "path to a PEM CA bundle")
-    redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:16379/0", "redis:// or rediss:// URL")
-    app_id: str = _env("APP_ID", "nudgestream", "consumer group and table prefix")
-    topic_prefix: str = _env("TOPIC_PREFIX", "", "prefix of every topic name (may be empty)")
-    partitions: str = _env("PARTITIONS", "4", "partitions of the event topics (integer >= 1)")
-    replication: str = _env("REPLICATION", "1", "replication factor of created topics")
-    store: str = _env("STORE", "memory", "table store: memory or rocksdb")
-    data_dir: str = _env("DATA_DIR", "./nudgestream-data", "folder for table state")
-    web_host: str = _env("WEB_HOST", "127.0.0.1", "address of the metrics web server")
-    web_port: str = _env("WEB_PORT", "6066", "port of the metrics web server (1-65535)")
-    log_level: str = _env("LOG_LEVEL", "info", "debug, info, warning or error")
-    session_timeout_s: str = _env(
+    kafka_sasl_mechanism: str = setting("KAFKA_SASL_MECHANISM", "PLAIN", "PLAIN or SCRAM-SHA-256/512")
+    kafka_sasl_username: str = setting("KAFKA_SASL_USERNAME", "", "SASL user name")
+    kafka_sasl_password: str = setting("KAFKA_SASL_PASSWORD", "", "SASL password (secret)")
+    kafka_ssl_cafile: str = setting("KAFKA_SSL_CAFILE", "", "path to a PEM CA bundle")
+    redis_url: str = setting("REDIS_URL", "redis://127.0.0.1:16379/0", "redis:// or rediss:// URL")
+    app_id: str = setting("APP_ID", "nudgestream", "consumer group and table prefix")
+    topic_prefix: str = setting("TOPIC_PREFIX", "", "prefix of every topic name (may be empty)")
+    partitions: str = setting("PARTITIONS", "4", "partitions of the event topics (integer >= 1)")
+    replication: str = setting("REPLICATION", "1", "replication factor of created topics")
+    store: str = setting("STORE", "memory", "table store: memory or rocksdb")
+    data_dir: str = setting("DATA_DIR", "./nudgestream-data", "folder for table state")
+    web_host: str = setting("WEB_HOST", "127.0.0.1", "address of the metrics web server")
+    web_port: str = setting("WEB_PORT", "6066", "port of the metrics web server (1-65535)")
+    log_level: str = setting("LOG_LEVEL", "info", "debug, info, warning or error")
+    session_timeout_s: str = setting(
         "SESSION_TIMEOUT_S", "10", "a dead worker's partitions move after this long (s)"
     )
-    processing_guarantee: str = _env(
+    processing_guarantee: str = setting(
         "PROCESSING_GUARANTEE", "at_least_once", "at_least_once or exactly_once (Kafka transactions)"
     )
-    max_event_bytes: str = _env("MAX_EVENT_BYTES", "4096", "largest accepted event (bytes)")
-    batch_max_events: str = _env("BATCH_MAX_EVENTS", "500", "most events the ingest agent takes at once (integer, 1-10000)")
-    batch_wait_ms: str = _env(
+    max_event_bytes: str = setting("MAX_EVENT_BYTES", "4096", "largest accepted event (bytes)")
+    batch_max_events: str = setting("BATCH_MAX_EVENTS", "500", "most events the ingest agent takes at once (integer, 1-10000)")
+    batch_wait_ms: str = setting(
         "BATCH_WAIT_MS", "5", "longest wait of the ingest agent for a fuller batch (integer ms, 1-1000)"
     )
-    max_future_skew_s: str = _env("MAX_FUTURE_SKEW_S", "300", "future event-time tolerance (s)")
-    profile_half_life_s: str = _env("PROFILE_HALF_LIFE_S", "21600", "interest half-life (s)")
-    pseudonym_key: str = _env("PSEUDONYM_KEY", "", "secret key for user pseudonyms in logs")
-    default_tz: str = _env("DEFAULT_TZ", "UTC", "IANA zone for users without one")
-    push_max_per_window: str = _env("PUSH_MAX_PER_WINDOW", "3", "pushes per user per window (integer >= 1)")
-    push_window: str = _env("PUSH_WINDOW", "rolling", "rolling or calendar_day (user's zone)")
-    push_window_s: str = _env("PUSH_WINDOW_S", "86400", "length of a rolling window (s)")
-    push_min_gap_s: str = _env("PUSH_MIN_GAP_S", "3600", "minimum time between two pushes to a user (s)")
-    push_item_cooldown_s: str = _env("PUSH_ITEM_COOLDOWN_S", "604800", "no re-push of an item within (s)")
-    quiet_hours: str = _env("QUIET_HOURS", "22:00-08:00", "HH:MM-HH:MM local time, or off")
-    push_global_rate: str = _env("PUSH_GLOBAL_RATE", "200", "pushes/s all workers together may send")
-    push_global_burst: str = _env("PUSH_GLOBAL_BURST", "400", "pushes sent at once after a quiet spell")
-    holdout_percent: str = _env("HOLDOUT_PERCENT", "5", "control group share of users, 0-50 (%)")
-    triggers: str = _env(
+    producer_buffer_max_messages: str = setting(
+        "PRODUCER_BUFFER_MAX_MESSAGES", "20000",
+        "table writes Faust may hold unsent before it stops every stream to drain them (100-1000000)",
+    )
+    producer_max_batch_bytes: str = setting(
+        "PRODUCER_MAX_BATCH_BYTES", "524288",
+        "largest producer batch per partition (bytes, 16384-1000000: below the broker's message.max.bytes)",
+    )
+    max_future_skew_s: str = setting("MAX_FUTURE_SKEW_S", "300", "future event-time tolerance (s)")
+    profile_half_life_s: str = setting("PROFILE_HALF_LIFE_S", "21600", "interest half-life (s)")
+    pseudonym_key: str = setting("PSEUDONYM_KEY", "", "secret key for user pseudonyms in logs")
+    default_tz: str = setting("DEFAULT_TZ", "UTC", "IANA zone for users without one")
+    push_max_per_window: str = setting("PUSH_MAX_PER_WINDOW", "3", "pushes per user per window (integer >= 1)")
+    push_window: str = setting("PUSH_WINDOW", "rolling", "rolling or calendar_day (user's zone)")
+    push_window_s: str = setting("PUSH_WINDOW_S", "86400", "length of a rolling window (s)")
+    push_min_gap_s: str = setting("PUSH_MIN_GAP_S", "3600", "minimum time between two pushes to a user (s)")
+    push_item_cooldown_s: str = setting("PUSH_ITEM_COOLDOWN_S", "604800", "no re-push of an item within (s)")
+    quiet_hours: str = setting("QUIET_HOURS", "22:00-08:00", "HH:MM-HH:MM local time, or off")
+    push_global_rate: str = setting("PUSH_GLOBAL_RATE", "200", "pushes/s all workers together may send")
+    push_global_burst: str = setting("PUSH_GLOBAL_BURST", "400", "pushes sent at once after a quiet spell")
+    holdout_percent: str = setting("HOLDOUT_PERCENT", "5", "control group share of users, 0-50 (%)")
+    triggers: str = setting(
         "TRIGGERS", "browse_interest,browse_abandoned,post_purchase", "comma-separated trigger kinds"
     )
-    browse_min_items: str = _env("BROWSE_MIN_ITEMS", "2", "distinct items in a category that fire a browse trigger")
-    abandon_delay_s: str = _env("ABANDON_DELAY_S", "3600", "delay of the browse_abandoned trigger (s)")
-    items_per_push: str = _env("ITEMS_PER_PUSH", "3", "most items in one push (1-20)")
-    push_expiry_s: str = _env("PUSH_EXPIRY_S", "86400", "a decision expires this long after its event (s)")
-    retention_days: str = _env("RETENTION_DAYS", "90", "inactive users' state is erased after (days)")
+    browse_min_items: str = setting("BROWSE_MIN_ITEMS", "2", "distinct items in a category that fire a browse trigger")
+    abandon_delay_s: str = setting("ABANDON_DELAY_S", "3600", "delay of the browse_abandoned trigger (s)")
+    items_per_push: str = setting("ITEMS_PER_PUSH", "3", "most items in one push (1-20)")
+    push_expiry_s: str = setting("PUSH_EXPIRY_S", "86400", "a decision expires this long after its event (s)")
+    retention_days: str = setting("RETENTION_DAYS", "90", "inactive users' state is erased after (days)")
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,8 @@ class Settings:
     max_future_skew_s: float
     batch_max_events: int
     batch_wait_s: float
+    producer_buffer_max_messages: int
+    producer_max_batch_bytes: int
     profile_half_life_s: float
     pseudonym_key: bytes
     default_tz: str
@@ -165,138 +177,84 @@ def _redact_url(url: str) -> str:
     return f"{scheme}{sep}{user}{':***' if colon else ''}@{host}"
 
 
-@dataclass(frozen=True)
-class RawLocalServices:
-    """Where ``nudgestream services`` keeps and serves the development Kafka and Redis."""
-
-    services_dir: str = _env("SERVICES_DIR", ".nudgestream", "state folder of the local services")
-    cache_dir: str = _env(
-        "CACHE_DIR", str(DEFAULT_CACHE_DIR), "download cache (Kafka's jars)"
-    )
-    local_kafka_port: str = _env("LOCAL_KAFKA_PORT", "19092", "port of the local Kafka broker (1-65535)")
-    local_controller_port: str = _env(
-        "LOCAL_CONTROLLER_PORT", "19093", "port of the local KRaft controller (1-65535)"
-    )
-    local_redis_port: str = _env("LOCAL_REDIS_PORT", "16379", "port of the local Redis server (1-65535)")
-    #: Read by the test suite only (tests/conftest.py): real logs are never copied in.
-    shared_data: str = _env(
-        "SHARED_DATA", "../shared/data", "real public event logs for tests (beside the checkout)"
-    )
-
-
-@dataclass(frozen=True)
-class LocalServiceSettings:
-    """The parsed form of :class:`RawLocalServices`."""
-
-    services_dir: Path
-    cache_dir: Path
-    kafka_port: int
-    controller_port: int
-    redis_port: int
-
-
-def load_local_services(environ: Mapping[str, str] | None = None) -> LocalServiceSettings:
-    """Parse the local services' settings (``nudgestream services``, tests, the demo)."""
-    environ = os.environ if environ is None else environ
-    raw = _raw(RawLocalServices, environ)
-    port = _int_between(1, 65535)
-    return LocalServiceSettings(
-        services_dir=Path(raw.services_dir).resolve(),
-        cache_dir=Path(raw.cache_dir),
-        kafka_port=_parse("LOCAL_KAFKA_PORT", raw.local_kafka_port, port),
-        controller_port=_parse("LOCAL_CONTROLLER_PORT", raw.local_controller_port, port),
-        redis_port=_parse("LOCAL_REDIS_PORT", raw.local_redis_port, port),
-    )
-
-
-def _raw(declared: type[T], environ: Mapping[str, str]) -> T:
-    """The declared settings as strings: each from its variable, or its default."""
-    return declared(
-        **{f.name: environ.get(f.metadata["env"], str(f.default)) for f in fields(declared)}  # type: ignore[arg-type]
-    )
-
-
-def describe() -> list[tuple[str, str, str]]:
-    """(variable, default, meaning) for every setting, for ``--help`` and the docs."""
-    return [
-        (f.metadata["env"], str(f.default), f.metadata["doc"])
-        for raw in (RawSettings, RawLocalServices)
-        for f in fields(raw)
-    ]
-
-
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Parse settings from ``environ`` (default: the process environment)."""
     environ = os.environ if environ is None else environ
-    raw = _raw(RawSettings, environ)
+    raw = read_raw(RawSettings, environ)
     return Settings(
-        kafka_bootstrap=_parse("KAFKA_BOOTSTRAP", raw.kafka_bootstrap, _hostports),
-        kafka_security_protocol=_choice(
+        kafka_bootstrap=parse("KAFKA_BOOTSTRAP", raw.kafka_bootstrap, _hostports),
+        kafka_security_protocol=choice(
             "KAFKA_SECURITY_PROTOCOL",
             raw.kafka_security_protocol.upper(),
             ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
         ),
-        kafka_sasl_mechanism=_choice(
+        kafka_sasl_mechanism=choice(
             "KAFKA_SASL_MECHANISM",
             raw.kafka_sasl_mechanism.upper(),
             ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
         ),
         kafka_sasl_username=raw.kafka_sasl_username,
         kafka_sasl_password=raw.kafka_sasl_password,
-        kafka_ssl_cafile=_parse("KAFKA_SSL_CAFILE", raw.kafka_ssl_cafile, _optional_file),
-        redis_url=_parse("REDIS_URL", raw.redis_url, _redis_url),
-        app_id=_parse("APP_ID", raw.app_id, _name),
-        topic_prefix=_parse("TOPIC_PREFIX", raw.topic_prefix, _prefix),
-        partitions=_parse("PARTITIONS", raw.partitions, _int_between(1, 1024)),
-        replication=_parse("REPLICATION", raw.replication, _int_between(1, 16)),
-        store=_choice("STORE", raw.store.lower(), ("memory", "rocksdb")),
+        kafka_ssl_cafile=parse("KAFKA_SSL_CAFILE", raw.kafka_ssl_cafile, _optional_file),
+        redis_url=parse("REDIS_URL", raw.redis_url, _redis_url),
+        app_id=parse("APP_ID", raw.app_id, _name),
+        topic_prefix=parse("TOPIC_PREFIX", raw.topic_prefix, _prefix),
+        partitions=parse("PARTITIONS", raw.partitions, int_between(1, 1024)),
+        replication=parse("REPLICATION", raw.replication, int_between(1, 16)),
+        store=choice("STORE", raw.store.lower(), ("memory", "rocksdb")),
         data_dir=Path(raw.data_dir),
         web_host=raw.web_host,
-        web_port=_parse("WEB_PORT", raw.web_port, _int_between(1, 65535)),
-        log_level=_choice(
+        web_port=parse("WEB_PORT", raw.web_port, int_between(1, 65535)),
+        log_level=choice(
             "LOG_LEVEL", raw.log_level.lower(), ("debug", "info", "warning", "error")
         ),
-        session_timeout_s=_parse("SESSION_TIMEOUT_S", raw.session_timeout_s, _float_between(6, 300)),
-        processing_guarantee=_choice(
+        session_timeout_s=parse("SESSION_TIMEOUT_S", raw.session_timeout_s, float_between(6, 300)),
+        processing_guarantee=choice(
             "PROCESSING_GUARANTEE", raw.processing_guarantee.lower(), ("at_least_once", "exactly_once")
         ),
-        max_event_bytes=_parse("MAX_EVENT_BYTES", raw.max_event_bytes, _int_between(256, 1 << 20)),
-        max_future_skew_s=_parse("MAX_FUTURE_SKEW_S", raw.max_future_skew_s, _positive_float),
-        batch_max_events=_parse("BATCH_MAX_EVENTS", raw.batch_max_events, _int_between(1, 10_000)),
-        batch_wait_s=_parse("BATCH_WAIT_MS", raw.batch_wait_ms, _int_between(1, 1000)) / 1000.0,
-        profile_half_life_s=_parse("PROFILE_HALF_LIFE_S", raw.profile_half_life_s, _positive_float),
+        max_event_bytes=parse("MAX_EVENT_BYTES", raw.max_event_bytes, int_between(256, 1 << 20)),
+        max_future_skew_s=parse("MAX_FUTURE_SKEW_S", raw.max_future_skew_s, positive_float),
+        batch_max_events=parse("BATCH_MAX_EVENTS", raw.batch_max_events, int_between(1, 10_000)),
+        batch_wait_s=parse("BATCH_WAIT_MS", raw.batch_wait_ms, int_between(1, 1000)) / 1000.0,
+        producer_buffer_max_messages=parse(
+            "PRODUCER_BUFFER_MAX_MESSAGES", raw.producer_buffer_max_messages, int_between(100, 1_000_000)
+        ),
+        producer_max_batch_bytes=parse(
+            "PRODUCER_MAX_BATCH_BYTES", raw.producer_max_batch_bytes, int_between(16_384, 1_000_000)
+        ),
+        profile_half_life_s=parse("PROFILE_HALF_LIFE_S", raw.profile_half_life_s, positive_float),
         pseudonym_key=raw.pseudonym_key.encode(),
-        default_tz=_parse("DEFAULT_TZ", raw.default_tz, _zone),
+        default_tz=parse("DEFAULT_TZ", raw.default_tz, _zone),
         limits=_limits(raw),
         policy=_policy(raw),
-        retention_days=_parse("RETENTION_DAYS", raw.retention_days, _positive_float),
+        retention_days=parse("RETENTION_DAYS", raw.retention_days, positive_float),
     )
 
 
 def _limits(raw: RawSettings) -> LimitConfig:
-    quiet_start, quiet_end = _parse("QUIET_HOURS", raw.quiet_hours, _quiet_hours)
+    quiet_start, quiet_end = parse("QUIET_HOURS", raw.quiet_hours, _quiet_hours)
     return LimitConfig(
-        max_per_window=_parse("PUSH_MAX_PER_WINDOW", raw.push_max_per_window, _int_between(1, 1000)),
-        window=Window(_choice("PUSH_WINDOW", raw.push_window.lower(), tuple(w.value for w in Window))),
-        window_s=_parse("PUSH_WINDOW_S", raw.push_window_s, _positive_float),
-        min_gap_s=_parse("PUSH_MIN_GAP_S", raw.push_min_gap_s, _non_negative_float),
-        item_cooldown_s=_parse("PUSH_ITEM_COOLDOWN_S", raw.push_item_cooldown_s, _non_negative_float),
+        max_per_window=parse("PUSH_MAX_PER_WINDOW", raw.push_max_per_window, int_between(1, 1000)),
+        window=Window(choice("PUSH_WINDOW", raw.push_window.lower(), tuple(w.value for w in Window))),
+        window_s=parse("PUSH_WINDOW_S", raw.push_window_s, positive_float),
+        min_gap_s=parse("PUSH_MIN_GAP_S", raw.push_min_gap_s, non_negative_float),
+        item_cooldown_s=parse("PUSH_ITEM_COOLDOWN_S", raw.push_item_cooldown_s, non_negative_float),
         quiet_start=quiet_start,
         quiet_end=quiet_end,
-        default_tz=_parse("DEFAULT_TZ", raw.default_tz, _zone),
-        global_rate_per_s=_parse("PUSH_GLOBAL_RATE", raw.push_global_rate, _positive_float),
-        global_burst=_parse("PUSH_GLOBAL_BURST", raw.push_global_burst, _int_between(1, 1_000_000)),
+        default_tz=parse("DEFAULT_TZ", raw.default_tz, _zone),
+        global_rate_per_s=parse("PUSH_GLOBAL_RATE", raw.push_global_rate, positive_float),
+        global_burst=parse("PUSH_GLOBAL_BURST", raw.push_global_burst, int_between(1, 1_000_000)),
     )
 
 
 def _policy(raw: RawSettings) -> PolicyConfig:
     return PolicyConfig(
-        triggers=_parse("TRIGGERS", raw.triggers, _trigger_kinds),
-        browse_min_items=_parse("BROWSE_MIN_ITEMS", raw.browse_min_items, _int_between(1, 100)),
-        abandon_delay_s=_parse("ABANDON_DELAY_S", raw.abandon_delay_s, _positive_float),
-        items_per_push=_parse("ITEMS_PER_PUSH", raw.items_per_push, _int_between(1, 20)),
-        expiry_s=_parse("PUSH_EXPIRY_S", raw.push_expiry_s, _positive_float),
-        holdout_percent=_parse("HOLDOUT_PERCENT", raw.holdout_percent, _percent),
+        triggers=parse("TRIGGERS", raw.triggers, _trigger_kinds),
+        browse_min_items=parse("BROWSE_MIN_ITEMS", raw.browse_min_items, int_between(1, 100)),
+        abandon_delay_s=parse("ABANDON_DELAY_S", raw.abandon_delay_s, positive_float),
+        items_per_push=parse("ITEMS_PER_PUSH", raw.items_per_push, int_between(1, 20)),
+        expiry_s=parse("PUSH_EXPIRY_S", raw.push_expiry_s, positive_float),
+        holdout_percent=parse("HOLDOUT_PERCENT", raw.holdout_percent, _percent),
     )
 
 
@@ -318,36 +276,11 @@ def _quiet_hours(text: str) -> tuple[dt_time, dt_time]:
     return dt_time.fromisoformat(start.strip()), dt_time.fromisoformat(end.strip())
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("must be a number >= 0")
-    return value
-
-
 def _percent(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 50:
         raise ValueError("must be between 0 and 50")
     return value
-
-
-def _parse(name: str, text: str, parser: Callable[[str], T]) -> T:
-    try:
-        return parser(text)
-    except (ValueError, TypeError) as exc:
-        meaning = next(doc for env, _, doc in describe() if env == PREFIX + name)
-        raise ConfigError(
-            f"{PREFIX}{name}={text!r} is invalid: {exc}; expected {meaning}"
-        ) from None
-
-
-def _choice(name: str, text: str, allowed: tuple[str, ...]) -> str:
-    if text not in allowed:
-        raise ConfigError(
-            f"{PREFIX}{name}={text!r} is invalid; expected one of {', '.join(allowed)}"
-        )
-    return text
 
 
 def _hostports(text: str) -> tuple[str, ...]:
@@ -377,33 +310,6 @@ def _prefix(text: str) -> str:
     return _name(text) if text else text
 
 
-def _int_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
-        return value
-
-    return parse
-
-
-def _float_between(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = float(text)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise ValueError("must be a positive number")
-    return value
-
-
 def _optional_file(text: str) -> Path | None:
     if not text:
         return None
@@ -419,3 +325,9 @@ def _zone(text: str) -> str:
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown time zone ({exc})") from None
     return text
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) of every worker setting; ``nudgestream config`` adds
+    those of the development commands (:mod:`load.local_settings`)."""
+    return describe_declared(RawSettings)

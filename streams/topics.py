@@ -14,7 +14,7 @@ from models.events import EventType
 
 DAY_MS = 24 * 3600 * 1000
 #: The worker's changelog-backed tables; Faust names their topics ``<app_id>-<table>-changelog``.
-TABLES = ("profiles", "cooc", "pending")
+TABLES = ("profiles", "cooc", "pending", "decided")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,15 @@ class Topics:
         return self._name("events.dlq")
 
     @property
+    def rekeyed(self) -> str:
+        """Events that arrived under another key than their user's, re-keyed (internal).
+
+        Not under ``events.``: other readers of the event topics (or of ``events.*``)
+        must not see a re-keyed event a second time.
+        """
+        return self._name("ingest.rekeyed")
+
+    @property
     def cooc_pairs(self) -> str:
         return self._name("cooc.pairs")
 
@@ -81,14 +90,22 @@ class Topics:
     def deferred(self) -> str:
         return self._name("notifications.deferred")
 
+    @property
+    def outcomes(self) -> str:
+        return self._name("notifications.outcomes")
+
     def specs(self) -> tuple[TopicSpec, ...]:
         return (
             *(TopicSpec(name, None, 7 * DAY_MS) for name in self.events.values()),
             TopicSpec(self.dlq, None, 14 * DAY_MS),
+            TopicSpec(self.rekeyed, None, 7 * DAY_MS),
             TopicSpec(self.cooc_pairs, None, 1 * DAY_MS),
             TopicSpec(self.segments_train, 1, 1 * DAY_MS),
             TopicSpec(self.segments_model, 1, None, compacted=True),
             TopicSpec(self.push, None, 7 * DAY_MS),
             TopicSpec(self.suppressed, None, 30 * DAY_MS),
             TopicSpec(self.deferred, None, 7 * DAY_MS),
+            # Co-partitioned with the events: the worker checks an outcome against the
+            # user's recent decisions, kept in a table of the user's partition.
+            TopicSpec(self.outcomes, None, 7 * DAY_MS),
         )

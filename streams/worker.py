@@ -7,12 +7,14 @@ import logging
 import faust
 
 from streams.app import Worker
+from streams.faust_internals import check_faust_version
 from streams.settings import Settings
 
 log = logging.getLogger("nudgestream")
 
 
 def run_worker(settings: Settings) -> int:
+    check_faust_version()
     worker = Worker(settings)
     log.info("nudgestream worker settings: %s", settings.redacted())
     faust_worker = faust.Worker(

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from streams import cli
 
 # Machines running the suite are shared and noisy: no per-example deadline, and slow
 # first draws are not a property of the code under test.
@@ -18,6 +23,24 @@ settings.load_profile("nudgestream")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: Real public event logs live beside the checkout, never inside it (licences differ).
 SHARED_DATA = Path(os.environ.get("NUDGESTREAM_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+def declared_plugins() -> list[cli.Plugin]:
+    """The command plugins ``pyproject.toml`` declares, loaded the way an install finds them.
+
+    Read from the checkout rather than the installed metadata, which lags behind an edit of
+    ``pyproject.toml`` until the next ``pip install -e .``.
+    """
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["entry-points"][cli.PLUGIN_GROUP]
+    return cli.discover_plugins(
+        metadata.EntryPoint(name, value, cli.PLUGIN_GROUP) for name, value in declared.items()
+    )
+
+
+def nudgestream(argv: Sequence[str]) -> int:
+    """``nudgestream ARGV`` with every command the project declares."""
+    return cli.main(argv, plugins=declared_plugins())
 
 
 def in_ci() -> bool:

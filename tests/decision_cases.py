@@ -7,7 +7,8 @@ runs the same cases through the worker's :class:`streams.decisions.DecisionEngin
 real Kafka and Redis. Both read the same served data (:data:`RELATED`, :data:`POPULAR`)
 and the same settings (:meth:`Case.env`), so a case that passes on both is a decision
 the two paths route identically: pushed (with only the items the limiter allowed),
-held back for the control group, suppressed with its reason, or deferred by quiet hours.
+held back for the control group, suppressed with its reason, deferred by quiet hours,
+or audited with no items when nothing was found (cold start).
 
 Only immediate triggers are enabled: a delayed one is decided after its delay, which a
 replay does at once and a worker an hour later. Expected items are worked out by hand
@@ -177,5 +178,12 @@ CASES: Sequence[Case] = (
         BROWSE,
         (Expect("browse_interest", "deferred", "quiet_hours", FIRST_PUSH),),
         quiet=True,
+    ),
+    Case(
+        "a_trigger_with_nothing_to_offer_is_audited_without_items",
+        "dc-cold",
+        # Lamps have no related lists nor popular ones, and no overall list stands in.
+        (Act("l1", 0.0, "lamps"), Act("l2", 1.0, "lamps")),
+        (Expect("browse_interest", "no_candidates", "no_candidates", ()),),
     ),
 )

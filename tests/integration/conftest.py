@@ -28,7 +28,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams import services, settings
+from load import services
+from streams import settings
 from streams.admin import create_topics
 from tests.conftest import PROJECT_ROOT, in_ci
 
@@ -90,7 +91,7 @@ def throwaway_services(
     and by other people's runs on this machine) would disturb everyone else's tests. These
     run the shared pair's cached jars (``shared.cache_dir``) on ports and in a state folder
     (``<basetemp>/<label>N``) of their own; ``options`` are further
-    :class:`~streams.services.LocalServices` fields (``kafka_sasl_users``, ``redis_password``).
+    :class:`~load.services.LocalServices` fields (``kafka_sasl_users``, ``redis_password``).
 
     A port that someone takes between being chosen here and being bound by the service is
     retried on new ports (up to ``attempts`` starts). A pair that still cannot start fails

@@ -18,8 +18,8 @@ import pytest
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
+from load import services
 from load.bench import add_bench_arguments, run_bench_command
-from streams import services
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,6 +51,7 @@ def test_a_small_run_reports_consistent_figures_and_leaves_nothing_behind(
 ) -> None:
     result = json.loads(bench_output[-1])
     assert any(line.strip().startswith("raw aiokafka passthrough") for line in bench_output[:-1])
+    assert any(line.strip().startswith("Faust batch peer") for line in bench_output[:-1])
 
     assert (result["events"], result["users"]) == (EVENTS, USERS)
     assert 0 < result["active_users"] <= USERS
@@ -71,6 +72,12 @@ def _check_throughput(result: dict[str, Any]) -> None:
     # The same events, and the ingest agent finishes no later than the whole worker.
     assert ingest >= pipeline
     assert result["ratio"] == pytest.approx(pipeline / raw, abs=1e-3)
+    # The Faust peer really ran: its rate is its own timed count, not a constant.
+    faust_peer, faust_seconds = result["faust_passthrough_eps"], result["seconds"]["faust_passthrough"]
+    assert faust_peer > 0 and faust_seconds > 0
+    assert faust_peer == pytest.approx(result["events"] / faust_seconds, rel=1e-2)
+    assert result["ratio_vs_faust"] == pytest.approx(pipeline / faust_peer, abs=1e-3)
+    assert result["goals"]["ratio_vs_faust"]["met"] == (pipeline / faust_peer >= 0.8)
     assert result["offered_eps"] == pytest.approx(0.5 * pipeline, rel=1e-2)
     assert result["goals"]["throughput_ratio"]["met"] == (pipeline / raw >= 0.5)
     assert result["worker_cpu"]["pipeline"] > 0 and result["worker_cpu"]["latency"] > 0
@@ -103,9 +110,10 @@ def _check_memory(result: dict[str, Any]) -> None:
     # Read once the backlog is drained: one profile per user of the backlog.
     assert tables["profiles"]["keys"] == result["active_users"]
     assert all(t["bytes"] > 0 for t in tables.values())
-    assert result["table_bytes_per_user"] == pytest.approx(
-        sum(t["bytes"] for t in tables.values()) / result["active_users"], abs=0.1
-    )
+    encoded = sum(t["bytes"] for t in tables.values()) / result["active_users"]
+    assert encoded > 0
+    assert result["encoded_bytes_per_user"] == pytest.approx(encoded, abs=0.1)
+    assert result["table_bytes_per_user"] == result["encoded_bytes_per_user"]
 
 
 def _check_context(result: dict[str, Any]) -> None:

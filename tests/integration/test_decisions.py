@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import faust
@@ -21,23 +22,27 @@ import redis.asyncio as aioredis
 from redis.asyncio import Connection, ConnectionPool
 from referencing import Registry, Resource
 
+from load import services
 from models.cooccurrence import CoocConfig
+from models.decision import AUDIT_SCHEMA_VERSION
 from models.events import Event, EventType
 from models.limits import LimitRequest, LimitResult
 from models.policy import Trigger, TriggerKind
 from models.profile import Profile
 from models.step import StepConfig, step
-from streams import services, settings
+from streams import settings
 from streams.cooccurrence import PopularCache, RelatedItemsStore
 from streams.decisions import DecisionEngine
 from streams.segmentation import SnapshotFollower
 from tests.conftest import PROJECT_ROOT
 from tests.decision_cases import CASES, POPULAR, RELATED, Case, Expect
 from tests.integration.conftest import Deployment, WorkerProcess, decode_json, produce, read_topic
+from tests.integration.test_reliability import forget_redis_keys, new_deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SCHEMAS = PROJECT_ROOT / "schemas"
+AUDIT = f"audit.v{AUDIT_SCHEMA_VERSION}.json"
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -126,7 +131,7 @@ async def test_browsing_users_get_valid_pushes_then_delayed_reminders(
         pushed = {i["item_id"] for i in decision["items"]}  # type: ignore[union-attr]
         assert pushed and not pushed & {"p1", "p2"}, "never push what the user just viewed"
         assert decision["explanation"]
-    validator("audit.v1.json").validate(reminder)
+    validator(AUDIT).validate(reminder)
 
 
 async def test_a_buy_cancels_the_reminder_and_limits_are_audited(
@@ -150,12 +155,37 @@ async def test_a_buy_cancels_the_reminder_and_limits_are_audited(
     assert by_user[("carol", "browse_interest")] == 1
 
     audit = await records(deployment, settings.topics.suppressed, user="carol", at_least=1)
-    schema = validator("audit.v1.json")
+    schema = validator(AUDIT)
     for record in audit:
         schema.validate(record)
     assert any(r["user_id"] == "carol" and r["reason"] == "min_gap" for r in audit), audit
     metrics = worker.metrics()
     assert metrics['nudgestream_suppressed_total{reason="min_gap"}'] >= 1
+
+
+@pytest.fixture
+def new_shop(local_services: services.LocalServices, tmp_path: Path) -> Iterator[Deployment]:
+    """A deployment of its own: no related items, no popular ones, nothing yet."""
+    shop = new_deployment(local_services, tmp_path, NUDGESTREAM_QUIET_HOURS="off", NUDGESTREAM_HOLDOUT_PERCENT="0")
+    yield shop
+    shop.stop_all()
+    asyncio.run(forget_redis_keys(shop))
+
+
+async def test_a_new_shops_first_trigger_is_audited_as_having_no_candidates(new_shop: Deployment) -> None:
+    """Cold start leaves a trace: nothing to recommend is an audit record, not silence."""
+    worker = new_shop.start_worker()
+    worker.wait_ready()
+    # The shop's only events: this user's own items are never offered, and there is
+    # nothing else (no related items, no popular ones) to offer.
+    await send(new_shop, browsing("dora", ["lamp1", "lamp2"], time.time() - 2, category="lamps"))
+    topics = new_shop.settings.topics
+    audit = await records(new_shop, topics.suppressed, user="dora", at_least=1)
+    assert [(r["trigger"], r["outcome"], r["items"]) for r in audit] == [("browse_interest", "no_candidates", [])]
+    validator(AUDIT).validate(audit[0])
+    assert await records(new_shop, topics.push, user="dora", timeout_s=0) == []
+    metric = 'nudgestream_decisions_total{outcome="no_candidates",trigger="browse_interest"}'
+    assert worker.metrics()[metric] == 1
 
 
 class CountingConnection(Connection):

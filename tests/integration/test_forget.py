@@ -63,9 +63,16 @@ async def test_forget_erases_the_user_everywhere_and_is_idempotent(deployment: D
     )
     assert latest[b"erin"] is None, "a tombstone, so compaction removes her profile"
     assert latest[b"frank"] is not None, "other users are untouched"
+    # Her push is in her record of recent decisions, erased the same way.
+    assert report["decided"] is True
+    decided = await latest_values(
+        settings.kafka_bootstrap, f"{settings.app_id}-decided-changelog",
+        done=lambda seen: b"erin" in seen and seen[b"erin"] is None,
+    )
+    assert decided[b"erin"] is None
 
     again = await forget_user(settings, "erin")
-    assert again["profile"] is False and again["rate_limit_keys"] == 0
+    assert again["profile"] is again["decided"] is False and again["rate_limit_keys"] == 0
 
 
 async def test_inactive_users_expire_after_the_retention(deployment: Deployment) -> None:

@@ -46,4 +46,8 @@ async def test_control_group_users_get_holdout_records_and_no_push(deployment: D
     assert held_out and pushed & set(users), "a 50 % control group splits 40 users"
     assert not held_out & pushed, "a control-group user is never pushed"
     assert all(r["reason"] == "holdout" for r in audit if r["outcome"] == "holdout")
-    assert worker.metrics()['nudgestream_decisions_total{outcome="holdout",trigger="browse_interest"}'] == len(held_out)
+    # Counted by decision id, as the contract says (the audit is written at least once).
+    holdout_decisions = {str(r["decision_id"]) for r in audit if r["outcome"] == "holdout"}
+    assert len(holdout_decisions) == len(held_out), "one browse trigger per control user"
+    metric = 'nudgestream_decisions_total{outcome="holdout",trigger="browse_interest"}'
+    assert worker.metrics()[metric] == len(holdout_decisions)

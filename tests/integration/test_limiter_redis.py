@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from load import services
 from models.limits import (
     LimitConfig,
     Limiter,
@@ -30,7 +31,7 @@ from models.limits import (
     SuppressReason,
     Verdict,
 )
-from streams import metrics, services
+from streams import metrics
 from streams.limiter import UNAVAILABLE, LimiterUnavailableError, RedisLimiter
 from tests.integration.conftest import free_port
 from tests.limits_cases import CASES, T0, Case, Check, MarkPublished, configs, request_streams

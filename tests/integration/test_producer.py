@@ -15,10 +15,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
+from load import services
 from load.generator import GeneratedEvent, GeneratorConfig, generate_events
 from load.producer import ProgressReport, TokenBucket, partition_for, produce, replay_log
 from models.events import Event, decode_event
-from streams import services
 
 pytestmark = pytest.mark.integration
 

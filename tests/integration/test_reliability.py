@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from load import services
 from load.generator import (
     EXPECTED_REJECTION,
     GeneratedEvent,
@@ -45,7 +46,6 @@ from models.cooccurrence import Row
 from models.events import Event, EventType, Rejection, decode_event
 from models.profile import Profile, event_fingerprint
 from models.replay import Replay
-from streams import services
 from streams.admin import create_topics
 from streams.pairs import decode_pairs
 from streams.topics import Topics
@@ -822,3 +822,66 @@ async def test_a_crash_right_after_a_burst_does_not_count_the_burst_twice(
     found = Profile.from_bytes(latest[b"hot-user"] or b"")
     assert found.events == BURST + 1
     assert state_of(found) == state_of(offline([*burst, last]).profiles["hot-user"])
+
+
+#: Events a restarted worker finds already applied (and must skip) after a kill -9.
+REPLAYED_EVENTS = 5_000
+#: Faust's default commit interval; the lag gauge is refreshed as often.
+COMMIT_INTERVAL_S = 2.8
+
+
+async def committed_lag(deployment: Deployment, topic: str) -> int:
+    ends, committed = await end_and_committed(deployment, topic)
+    return sum(ends[p] - committed[p] for p in ends)
+
+
+async def test_after_a_kill_replayed_duplicates_are_committed_at_once_and_the_lag_gauge_follows(
+    fresh: Deployment,
+) -> None:
+    """A restarted worker that finds every event applied catches up in a few commits.
+
+    The first worker applies every event but commits none (a long commit interval) and is
+    killed once its pairs are in the rows too: its successor replays it all and skips it
+    as duplicates. Skipping is quick, so the group's committed lag must reach 0 within a
+    few commit intervals of the worker being ready, and the lag gauge must follow it
+    within two more. (Before the fix the replay crawled: the replayed pair messages
+    rewrote every row they touched, and Faust held every stream back while those writes
+    filled its producer buffer.)
+    """
+    events = synthetic_stream(REPLAYED_EVENTS, users=500, seed=13, views_only=True)
+    expected = offline(events)
+    topic = fresh.settings.topics.event(EventType.VIEW)
+    first = fresh.start_worker(**FAST_FAILOVER, BROKER_COMMIT_INTERVAL="600")
+    first.wait_ready()
+    await send(fresh, events)
+    # Every event applied, its pairs included: the successor finds nothing left to do.
+    await profiles_in_changelog(fresh, {u: p.events for u, p in expected.profiles.items()})
+    at = max(e.ts for e in events)
+    half_life = Replay().config.cooc.half_life_s
+    want = {item: row.at(at, half_life) for item, row in expected.rows.items()}
+    assert differing(await cooc_rows_in_changelog(fresh, want, at), want) == {}
+    assert await committed_lag(fresh, topic) > REPLAYED_EVENTS // 2  # most of it is replayed
+    first.kill()
+    second = restart(fresh, first, **FAST_FAILOVER)
+    second.wait_ready(timeout_s=120)
+    ready = time.monotonic()
+    gauge_name = f'nudgestream_consumer_lag_messages{{topic="{topic}"}}'
+    timeline: list[tuple[float, int, float]] = []  # (s after ready, committed lag, gauge)
+
+    async def look_until(done: Callable[[int, float], bool], bound_s: float) -> None:
+        while time.monotonic() - ready < bound_s:
+            lag, gauge = await committed_lag(fresh, topic), second.metrics().get(gauge_name, math.nan)
+            timeline.append((round(time.monotonic() - ready, 1), lag, gauge))
+            if done(lag, gauge):
+                return
+            await asyncio.sleep(0.3)
+
+    await look_until(lambda lag, gauge: lag == 0, bound_s=3 * COMMIT_INTERVAL_S)
+    committed_s, lag_then, _ = timeline[-1]
+    await look_until(lambda lag, gauge: gauge == 0, bound_s=committed_s + 2 * COMMIT_INTERVAL_S)
+    report("restart after kill -9, every event applied", committed_after_s=committed_s, timeline=timeline)
+    assert lag_then == 0, f"committed lag {3 * COMMIT_INTERVAL_S:.0f}s after ready: {timeline}"
+    assert timeline[-1][2] == 0, f"the lag gauge did not follow the committed offsets: {timeline}"
+    # Before any commit the gauge shows the whole replay behind, not nothing.
+    assert all(gauge >= lag for _, lag, gauge in timeline if lag == REPLAYED_EVENTS and not math.isnan(gauge)), timeline
+    assert duplicates(second.metrics()) >= REPLAYED_EVENTS // 2

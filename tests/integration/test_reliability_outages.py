@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from load import services
 from models.cooccurrence import CoocConfig
 from models.events import Event, EventType
-from streams import services
 from streams.cooccurrence import RelatedItemsStore
 from tests.integration.conftest import Deployment, WorkerProcess, throwaway_services
 from tests.integration.test_reliability import (

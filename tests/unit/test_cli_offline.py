@@ -44,10 +44,43 @@ def test_evaluate_takes_the_next_item_list_length_and_fallback(
     log.write_text("\n".join(lines) + "\n")
     reports = {}
     for fallback in ("overall", "category"):
-        args = ["evaluate", "--events", str(log), "--k", "5", "--fallback", fallback, "--json"]
+        args = ["evaluate", "--events", str(log), "--k", "5", "--fallback", fallback, "--json",
+                "--no-learning"]
         assert main(args) == 0
         reports[fallback] = json.loads(capsys.readouterr().out)["next_item"]
     assert all(report["k"] == 5 for report in reports.values())
     assert "hr@5" in reports["overall"]["recommenders"]["cooccurrence"]
     assert reports["overall"]["config"]["fallback"] == "overall"
     assert reports["category"]["config"]["fallback"] == "category"
+
+
+def _write_log(path: Path) -> None:
+    from tests.unit.test_push_learning import synthetic_log
+
+    rows = [f"{e.ts},{e.user_id},{e.type.value},{e.item_id},{e.category},"
+            for e in synthetic_log(60)]
+    path.write_text("ts,user_id,event,item_id,category,price\n" + "\n".join(rows) + "\n")
+
+
+def test_evaluate_reports_the_holdout_lift_and_the_learning_policy_beside_the_static_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "log.csv"
+    _write_log(log)
+    base = ["evaluate", "--events", str(log), "--horizon-h", "0.5", "--no-quiet-hours", "--json"]
+    assert main(base) == 0
+    report = json.loads(capsys.readouterr().out)
+    overall = report["lift"]["all"]
+    assert overall["treatment"]["trials"] == report["push"]["decisions"]
+    assert overall["control"]["trials"] == report["push"]["unsent"]["holdout"]["holdout"]
+    learning = report["learning"]
+    assert learning["static"]["precision_new"] == report["push"]["precision_new"]
+    assert learning["precision_ratio"] == pytest.approx(
+        learning["learning"]["precision_new"] / learning["static"]["precision_new"], abs=1e-3)
+    assert learning["learner"]["skipped"]["bandit"] > 0
+
+    assert main([*base, "--no-bandit", "--no-fatigue", "--no-sendtime"]) == 0
+    off = json.loads(capsys.readouterr().out)["learning"]
+    assert off["learning"] == off["static"] and off["learner"]["skipped"] == {}
+    assert main([*base, "--no-learning"]) == 0
+    assert "learning" not in json.loads(capsys.readouterr().out)

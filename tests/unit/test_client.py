@@ -12,6 +12,7 @@ import pytest
 
 import streams.client
 from models.events import DEFAULT_MAX_FUTURE_SKEW_S, Event, EventType, RejectReason
+from models.outcomes import OutcomeKind, PushOutcome, decode_outcome
 from streams.client import EventProducer, InvalidEvent, MessageBuilder
 from streams.topics import Topics
 from tests.conftest import PROJECT_ROOT
@@ -114,3 +115,37 @@ def test_the_client_imports_without_faust() -> None:
 
 def test_the_module_examples_run() -> None:
     assert doctest.testmod(streams.client).failed == 0
+
+
+# --- push outcomes ---------------------------------------------------------------------
+
+
+def test_an_outcome_gets_its_schema_and_time_and_goes_to_the_outcomes_topic_by_user() -> None:
+    message = MessageBuilder(Topics("p.")).build_outcome(
+        {"kind": "clicked", "decision_id": "d-1", "user_id": "u-9"}, now=NOW
+    )
+    assert message.topic == "p.notifications.outcomes" and message.key == b"u-9"
+    assert orjson.loads(message.value) == {
+        "kind": "clicked", "decision_id": "d-1", "user_id": "u-9", "schema": 1, "ts": NOW,
+    }
+    assert decode_outcome(message.value, now=NOW) == message.outcome
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [
+        ({"kind": "liked", "decision_id": "d-1", "user_id": "u"}, "unknown_outcome"),
+        ({"kind": "sent", "user_id": "u"}, "missing_field"),
+        ({"kind": "sent", "decision_id": "d-1", "user_id": "u", "button": "x"}, "unknown_field"),
+        ({"kind": "sent", "decision_id": "d-1", "user_id": "u", "ts": NOW + 3600}, "future_timestamp"),
+    ],
+)
+def test_a_bad_outcome_raises_in_the_caller(outcome: dict[str, object], reason: str) -> None:
+    with pytest.raises(InvalidEvent) as raised:
+        MessageBuilder().build_outcome(outcome, now=NOW)
+    assert raised.value.reason == reason
+
+
+def test_a_push_outcome_object_is_sent_as_it_is() -> None:
+    outcome = PushOutcome(OutcomeKind.DISMISSED, "d-1", "u-9", NOW - 1, detail="swiped")
+    assert MessageBuilder().build_outcome(outcome, now=NOW).outcome == outcome

@@ -26,10 +26,9 @@ import dockerfile
 import pytest
 import yaml
 
-from streams import cli
-from streams.services import KAFKA_VERSION
+from load.services import KAFKA_VERSION
 from streams.settings import describe
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, nudgestream
 from tests.unit.test_deploy_prometheus import require_tool
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
@@ -142,7 +141,7 @@ def test_app_services_run_cli_commands_that_exist(services: dict[str, Service]) 
     for name, service in _app_services(services):
         arguments = [_with_defaults(argument) for argument in service["command"]]
         with pytest.raises(SystemExit) as exited:
-            cli.main([*arguments, "--help"])
+            nudgestream([*arguments, "--help"])
         assert exited.value.code == 0, f"{name}: nudgestream {arguments}"
 
 

@@ -17,9 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streams import cli
 from streams.settings import describe
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, nudgestream
 from tests.unit.test_deploy_prometheus import require_tool
 
 K8S_DIR = PROJECT_ROOT / "deploy" / "k8s"
@@ -140,7 +139,7 @@ def test_every_container_runs_a_cli_command_that_exists(resources: list[Resource
     for where, container in _containers(resources):
         assert "command" not in container, f"{where}: the image's entrypoint is the CLI"
         with pytest.raises(SystemExit) as exited:
-            cli.main([*container["args"], "--help"])
+            nudgestream([*container["args"], "--help"])
         assert exited.value.code == 0, f"{where}: nudgestream {container['args']}"
 
 

@@ -8,12 +8,16 @@ import doctest
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
 
 import streams.notify
+from models.outcomes import PushOutcome
+from streams import notify_dedupe, notify_handler, notify_loop, notify_parse
+from streams.client import MessageBuilder
 from streams.notify import (
     Backoff,
     DecisionHandler,
@@ -65,8 +69,27 @@ def count(metrics: NotifyMetrics, name: str) -> float:
     return value
 
 
-def handler_for(sender: FakeSender, *, now: float = NOW) -> DecisionHandler:
-    return DecisionHandler(sender, NotifyMetrics(), SeenDecisions(), clock=lambda: now)
+def handler_for(
+    sender: FakeSender, *, now: float = NOW, reporter: FakeReporter | None = None
+) -> DecisionHandler:
+    return DecisionHandler(sender, NotifyMetrics(), SeenDecisions(), clock=lambda: now, reporter=reporter)
+
+
+@dataclass
+class FakeReporter:
+    """Validates each outcome as the producer client would; ``flushed`` counts what was acknowledged."""
+
+    queued: list[PushOutcome] = field(default_factory=list)
+    flushed: int = 0
+
+    async def report_outcome(self, outcome: Mapping[str, Any]) -> None:
+        self.queued.append(MessageBuilder().build_outcome(outcome, now=NOW).outcome)
+
+    async def flush(self) -> None:
+        self.flushed = len(self.queued)
+
+    def reported(self) -> list[tuple[str, str, str | None]]:
+        return [(o.decision_id, o.kind.value, o.reason) for o in self.queued]
 
 
 # --- the per-record rules --------------------------------------------------------------
@@ -125,6 +148,51 @@ async def test_a_sender_error_leaves_the_record_unsettled_and_unremembered() -> 
     assert count(handler.metrics, "sender_errors") == 1
     assert await handler.handle(raw(decision("d1")))
     assert sender.sent == ["d1"]
+
+
+async def test_each_handled_push_reports_exactly_what_was_done_with_it() -> None:
+    reporter = FakeReporter()
+    handler = handler_for(FakeSender(failing={"flaky": 1}), reporter=reporter)
+    await handler.handle(raw(decision("ok")))
+    await handler.handle(raw(decision("ok")))  # a duplicate: nothing more was done
+    await handler.handle(raw(decision("late", expires_in=-1.0)))
+    await handler.handle(raw(decision("flaky")))
+    await handler.handle(raw(decision("flaky")))
+    await handler.handle(b"{")  # not a decision: nothing to report on
+    assert reporter.reported() == [
+        ("ok", "sent", None),
+        ("late", "failed", "expired"),
+        ("flaky", "failed", "sender_error"),
+        ("flaky", "sent", None),
+    ]
+    assert all(o.user_id == "u-1" and o.ts == NOW for o in reporter.queued)
+    assert "ConnectionError: push provider unavailable" in (reporter.queued[2].detail or "")
+    assert count(handler.metrics, "outcomes") == 4
+
+
+async def test_a_decision_without_a_user_id_is_still_sent_but_not_reported() -> None:
+    reporter = FakeReporter()
+    sender = FakeSender()
+    handler = handler_for(sender, reporter=reporter)
+    assert await handler.handle(raw({**decision("anon"), "user_id": None}))
+    assert sender.sent == ["anon"] and reporter.queued == []
+
+
+async def test_offsets_are_committed_only_once_the_outcomes_are_acknowledged() -> None:
+    reporter = FakeReporter()
+    consumer = FakeConsumer([raw(decision(f"d{i}")) for i in range(3)])
+    flushed_at_commit: list[int] = []
+    commit = consumer.commit
+
+    async def checked_commit(offsets: Mapping[Any, int] | None = None) -> None:
+        flushed_at_commit.append(reporter.flushed)
+        await commit(offsets)
+
+    consumer.commit = checked_commit  # type: ignore[method-assign]
+    handler = handler_for(FakeSender(), reporter=reporter)
+    await consume(consumer, handler, RunLimits(max_messages=3), batch=2, sleep=no_sleep)
+    assert consumer.commits == [2, 3]
+    assert flushed_at_commit == [2, 3]
 
 
 def test_parse_decision_keeps_the_whole_record_for_the_sender() -> None:
@@ -274,5 +342,11 @@ def test_the_command_line_options_parse() -> None:
         parser.parse_args(["--max-messages", "0"])
 
 
-def test_the_module_examples_run() -> None:
-    assert doctest.testmod(streams.notify).failed == 0
+@pytest.mark.parametrize(
+    "module",
+    [streams.notify, notify_parse, notify_dedupe, notify_handler, notify_loop],
+    ids=lambda m: m.__name__,
+)
+def test_the_module_examples_run(module: ModuleType) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -66,6 +66,10 @@ def test_version_one_messages_are_still_read_and_never_deduplicated() -> None:
 def test_a_source_name_is_short_and_names_type_and_partition() -> None:
     assert source_id(EventType.VIEW, 3) == "v3"
     assert source_id(EventType.BUY, 11) == "b11"
+    # Re-keyed events of every type share one topic, so one offset sequence: a name of
+    # their own, that no event type's partition can take.
+    assert source_id(EventType.VIEW, 3, rekeyed=True) == "r3"
+    assert all(source_id(t, 3) != "r3" for t in EventType)
 
 
 def test_partition_totals_written_before_rows_had_positions_are_read() -> None:
@@ -73,17 +77,20 @@ def test_partition_totals_written_before_rows_had_positions_are_read() -> None:
     assert decode_row(b"12.5,1000.0").positions == {}
 
 
-def test_re_delivering_a_batch_changes_no_row_and_no_total() -> None:
+def test_re_delivering_a_batch_changes_no_row_and_no_total_and_writes_nothing() -> None:
     entries = [("v0", n, increments_of(["a", "b"], item, 1000.0 + n), "c") for n, item in enumerate("cdef")]
     messages = messages_of(entries)
     store: dict[bytes, bytes] = {}
     rows = CoocRows(CONFIG)
     after: list[dict[bytes, bytes]] = []
+    written: list[int] = []
     for _ in range(3):
         writes = rows.apply_batch(messages, store.get)
+        written.append(len(writes))
         store.update({key: row for key, (_, row) in writes.items()})
         after.append(dict(store))
     assert after[0] == after[1] == after[2]
+    assert written[0] == len(store) and written[1:] == [0, 0]  # a replay rewrites no row
     totals = [decode_row(raw).at(1003.0, CONFIG.half_life_s) for key, raw in store.items() if key.startswith(total_key(0)[:-1])]
     assert math.isclose(sum(totals), 4.0, rel_tol=1e-4)  # one view of each new item, counted once
 

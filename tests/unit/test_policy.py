@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from referencing import Registry, Resource
 
 from models.candidates import CandidateData, decide, needs
-from models.decision import Decision, Outcome
+from models.decision import AUDIT_SCHEMA_VERSION, Decision, Outcome
 from models.events import Event, EventType
+from models.limits import LimitResult, Verdict
 from models.policy import PolicyConfig, Trigger, TriggerKind, still_valid, triggers_for
 from models.profile import Profile, ProfileConfig, update
-from models.routing import in_holdout, release_at
+from models.routing import in_holdout, release_at, route
 from models.segments import Segment
 from tests.conftest import PROJECT_ROOT
 
@@ -383,7 +384,8 @@ def test_decisions_validate_against_the_published_schema() -> None:
 )
 def test_audit_records_validate_against_the_published_schema(outcome: Outcome, reason: str) -> None:
     record = a_decision().to_audit_dict(outcome, reason)
-    schema("audit.v1.json").validate(orjson.loads(orjson.dumps(record)))
+    assert record["schema"] == AUDIT_SCHEMA_VERSION
+    schema(f"audit.v{AUDIT_SCHEMA_VERSION}.json").validate(orjson.loads(orjson.dumps(record)))
 
 
 def test_a_decision_becomes_a_limit_request_and_keeps_only_allowed_items() -> None:
@@ -405,3 +407,20 @@ def test_invalid_configurations_are_refused() -> None:
         PolicyConfig(abandon_delay_s=PolicyConfig().expiry_s)
     with pytest.raises(ValueError):
         PolicyConfig(holdout_percent=101.0)
+
+
+def test_a_steered_release_time_is_the_one_the_deferred_trigger_gets() -> None:
+    """A learning policy's send time (``release``) moves the quiet-hours release only."""
+    decision = a_decision()
+    trigger = Trigger(
+        decision.trigger, decision.user_id, "e-1", decision.event_ts, decision.event_ts, False, "p2", "phones"
+    )
+    config = PolicyConfig()
+    default = release_at(decision.user_id, decision.decided_at + 600, config)
+    deferred = LimitResult(Verdict.DEFERRED, defer_until=decision.decided_at + 600)
+    plain = route(trigger, decision, deferred, config)
+    steered = route(trigger, decision, deferred, config, release=lambda at: at + 3600)
+    assert plain is not None and plain.retry is not None and plain.retry.due_at == default
+    assert steered is not None and steered.retry is not None and steered.retry.due_at == default + 3600
+    allowed = route(trigger, decision, LimitResult(Verdict.ALLOWED, items=("r1",)), config, release=lambda at: 0.0)
+    assert allowed == route(trigger, decision, LimitResult(Verdict.ALLOWED, items=("r1",)), config)

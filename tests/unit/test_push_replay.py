@@ -14,6 +14,7 @@ import jsonschema
 import orjson
 from referencing import Registry, Resource
 
+from models.decision import AUDIT_SCHEMA_VERSION
 from models.events import Event, EventType
 from models.features import should_sample
 from models.limits import LimitConfig
@@ -30,6 +31,7 @@ from tests.conftest import PROJECT_ROOT
 NOON = 1_700_049_600.0  # 2023-11-15 12:00 UTC
 DAY = 86400.0
 NO_QUIET = LimitConfig(quiet_start=time(0), quiet_end=time(0))
+AUDIT = f"audit.v{AUDIT_SCHEMA_VERSION}.json"
 SCHEMAS = {p.name: json.loads(p.read_text()) for p in (PROJECT_ROOT / "schemas").glob("*.json")}
 REGISTRY: Registry[Any] = Registry().with_resources(
     (doc["$id"], Resource.from_contents(doc)) for doc in SCHEMAS.values()
@@ -145,6 +147,7 @@ def test_holdout_users_get_audit_records_and_no_push() -> None:
     assert records and not pushes(records)
     assert {(r.outcome, r.reason) for r in records} <= {
         ("holdout", "holdout"),
+        ("no_candidates", "no_candidates"),  # cold start, before the holdout draw
         ("suppressed", "min_gap"),
         ("suppressed", "item_cooldown"),
         ("suppressed", "max_per_window"),
@@ -157,9 +160,9 @@ def test_written_records_follow_the_topic_schemas() -> None:
     summary = replay_pushes(shop_log(), decisions, audit, PushReplayConfig(limits=LimitConfig()))
     validators = {
         name: jsonschema.Draft202012Validator(SCHEMAS[name], registry=REGISTRY)
-        for name in ("decision.v1.json", "audit.v1.json")
+        for name in ("decision.v1.json", AUDIT)
     }
-    for out, name in ((decisions, "decision.v1.json"), (audit, "audit.v1.json")):
+    for out, name in ((decisions, "decision.v1.json"), (audit, AUDIT)):
         lines = out.getvalue().splitlines()
         assert lines
         for line in lines:

@@ -14,9 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from referencing import Registry, Resource
 
-from models.decision import Outcome
+from models.candidates import is_popularity_fallback, without_candidates
+from models.decision import AUDIT_SCHEMA_VERSION, Outcome
 from models.events import EventType, Rejection, RejectReason
-from models.policy import TriggerKind
+from models.outcomes import OutcomeKind, PushOutcome, decode_outcome
+from models.policy import PolicyConfig, Trigger, TriggerKind
+from models.routing import NO_CANDIDATES
 from streams.client import InvalidEvent, MessageBuilder
 from streams.codecs import dlq_record
 from streams.notify import parse_decision
@@ -32,6 +35,8 @@ REGISTRY: Registry[Any] = Registry().with_resources(
     (doc["$id"], Resource.from_contents(doc)) for doc in SCHEMAS.values()
 )
 NOW = 1_700_000_000.0
+#: The audit contract the worker writes now (older versions stay published for old records).
+AUDIT = f"audit.v{AUDIT_SCHEMA_VERSION}.json"
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -39,7 +44,8 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 
 
 def test_the_contracts_of_this_release_are_all_published() -> None:
-    assert {"event.v1.json", "dlq.v1.json", "decision.v1.json", "audit.v1.json"} <= set(SCHEMAS)
+    published = {"event.v1.json", "dlq.v1.json", "decision.v1.json", "audit.v1.json", AUDIT, "outcome.v1.json"}
+    assert published <= set(SCHEMAS)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
@@ -129,21 +135,55 @@ def test_a_malformed_decision_is_invalid(change: dict[str, Any]) -> None:
     assert not validator("decision.v1.json").is_valid({**example, **change})
 
 
-def test_an_audit_record_is_a_decision_with_an_outcome_and_a_reason() -> None:
-    decision = SCHEMAS["decision.v1.json"]["examples"][0]
-    audit = validator("audit.v1.json")
+@pytest.mark.parametrize("name", ["audit.v1.json", AUDIT])
+def test_an_audit_record_is_a_decision_with_an_outcome_and_a_reason(name: str) -> None:
+    version = int(name.split(".v")[1].removesuffix(".json"))
+    decision = {**SCHEMAS["decision.v1.json"]["examples"][0], "schema": version}
+    audit = validator(name)
     assert audit.is_valid({**decision, "outcome": "suppressed", "reason": "daily_cap"})
     assert not audit.is_valid(decision)
     assert not audit.is_valid({**decision, "outcome": "pushed", "reason": "daily_cap"})
     without_items = {k: v for k, v in decision.items() if k != "items"}
     assert not audit.is_valid({**without_items, "outcome": "suppressed", "reason": "daily_cap"})
-
-
-def test_a_holdout_record_has_the_reason_holdout() -> None:
-    decision = SCHEMAS["decision.v1.json"]["examples"][0]
-    audit = validator("audit.v1.json")
+    assert not audit.is_valid({**decision, "items": [], "outcome": "suppressed", "reason": "daily_cap"})
     assert audit.is_valid({**decision, "outcome": "holdout", "reason": "holdout"})
     assert not audit.is_valid({**decision, "outcome": "holdout", "reason": "daily_cap"})
+
+
+TRIGGER = Trigger(TriggerKind.BROWSE_INTEREST, "u-1", "e-1", NOW, NOW, False, "sku-1", "phones")
+
+
+def test_a_trigger_without_candidates_is_audited_with_no_items_and_its_own_reason() -> None:
+    unfilled = without_candidates(TRIGGER, None, NOW + 1, PolicyConfig())
+    assert unfilled is not None and unfilled.items == ()
+    record = unfilled.to_audit_dict(Outcome.NO_CANDIDATES, NO_CANDIDATES)
+    validator(AUDIT).validate(record)
+    assert record["decision_id"] == TRIGGER.decision_id  # a replay audits the same id
+    # Only that outcome may have no items, and it has items never and one reason only.
+    assert not validator(AUDIT).is_valid({**record, "outcome": "suppressed", "reason": "daily_cap"})
+    assert not validator(AUDIT).is_valid({**record, "reason": "daily_cap"})
+    assert not validator(AUDIT).is_valid({**record, "items": [{"item_id": "sku-2", "score": 1.0}]})
+    # Schema 1 readers never see it: the version says what changed.
+    assert not validator("audit.v1.json").is_valid({**record, "schema": 1})
+
+
+def test_an_expired_trigger_is_not_audited_as_without_candidates() -> None:
+    config = PolicyConfig()
+    assert without_candidates(TRIGGER, None, NOW + config.expiry_s, config) is None
+
+
+@pytest.mark.parametrize(
+    ("explanation", "fallback"),
+    [
+        ("a, b: popular right now", True),
+        ("a: popular with shoppers like you in phones; b: popular with shoppers like you in audio", True),
+        ("a: often seen with x, which you viewed", False),
+        ("a: popular in phones, which you browsed", False),
+        ("a: often seen with x, which you viewed; b: popular right now", False),
+    ],
+)
+def test_a_popularity_fallback_is_told_by_its_explanation(explanation: str, fallback: bool) -> None:
+    assert is_popularity_fallback(explanation) is fallback
 
 
 # --- what the producer client sends ----------------------------------------------------
@@ -228,27 +268,85 @@ def test_the_topics_document_states_the_partitions_retention_and_cleanup_really_
 
 
 def documented_records() -> list[dict[str, Any]]:
-    """Every JSON example of a decision or audit record in docs/TOPICS.md."""
+    """Every JSON example of a decision, audit or outcome record in docs/TOPICS.md."""
     blocks = re.findall(r"```json\n(.*?)```", (PROJECT_ROOT / "docs" / "TOPICS.md").read_text(), re.S)
     records = [json.loads(block) for block in blocks]
     return [r for r in records if isinstance(r, dict) and "decision_id" in r]
 
 
-def test_the_topics_document_shows_decisions_and_audit_records() -> None:
-    kinds = {"audit" if "outcome" in r else "decision" for r in documented_records()}
-    assert kinds == {"decision", "audit"}
+def contract_of(record: dict[str, Any]) -> str:
+    """The schema a documented record claims: outcomes have a kind, audits an outcome."""
+    if "kind" in record:
+        return "outcome.v1.json"
+    return f"audit.v{record['schema']}.json" if "outcome" in record else "decision.v1.json"
 
 
-@pytest.mark.parametrize("record", documented_records(), ids=lambda r: str(r["decision_id"]))
+def test_the_topics_document_shows_decisions_audit_records_and_outcomes() -> None:
+    kinds = {contract_of(r) for r in documented_records()}
+    assert kinds == {"decision.v1.json", AUDIT, "outcome.v1.json"}
+
+
+@pytest.mark.parametrize(
+    "record", documented_records(), ids=lambda r: f"{r['decision_id']}-{r.get('kind', '')}"
+)
 def test_every_documented_record_validates_against_its_schema(record: dict[str, Any]) -> None:
-    validator("audit.v1.json" if "outcome" in record else "decision.v1.json").validate(record)
+    validator(contract_of(record)).validate(record)
 
 
 def test_the_decision_and_audit_enums_are_the_codes() -> None:
     """Examples and contracts name the triggers and outcomes the worker really emits."""
     trigger = SCHEMAS["decision.v1.json"]["properties"]["trigger"]["enum"]
-    outcome = SCHEMAS["audit.v1.json"]["properties"]["outcome"]["enum"]
+    outcome = SCHEMAS[AUDIT]["properties"]["outcome"]["enum"]
     assert sorted(trigger) == sorted(kind.value for kind in TriggerKind)
     assert sorted(outcome) == sorted(o.value for o in Outcome)
-    examples = SCHEMAS["decision.v1.json"]["examples"] + SCHEMAS["audit.v1.json"]["examples"]
+    examples = SCHEMAS["decision.v1.json"]["examples"] + SCHEMAS[AUDIT]["examples"]
     assert {e["trigger"] for e in examples} == set(trigger), "an example of every trigger"
+    assert {e["outcome"] for e in SCHEMAS[AUDIT]["examples"]} == set(outcome), "and of every outcome"
+
+
+# --- push outcomes ---------------------------------------------------------------------
+
+
+def outcome_examples() -> list[dict[str, Any]]:
+    documented = [r for r in documented_records() if contract_of(r) == "outcome.v1.json"]
+    return [*SCHEMAS["outcome.v1.json"]["examples"], *documented]
+
+
+def test_the_outcome_contract_lists_the_kinds_the_code_knows() -> None:
+    schema = SCHEMAS["outcome.v1.json"]
+    assert schema["properties"]["kind"]["enum"] == [k.value for k in OutcomeKind]
+    assert set(schema["properties"]) == {"schema", *PushOutcome.__dataclass_fields__}
+    assert {e["kind"] for e in schema["examples"]} >= {"sent", "failed", "clicked"}
+
+
+@pytest.mark.parametrize("example", outcome_examples(), ids=lambda e: f"{e['decision_id']}-{e['kind']}")
+def test_every_outcome_example_is_accepted_by_the_worker_and_round_trips(example: dict[str, Any]) -> None:
+    # The examples' clock: the failed one is reported after its decision expired.
+    decoded = decode_outcome(orjson.dumps(example), now=NOW + 3600)
+    assert isinstance(decoded, PushOutcome), decoded
+    assert decoded.to_dict() == example
+
+
+@given(
+    kind=st.sampled_from(OutcomeKind),
+    ids=st.tuples(st.text(min_size=1, max_size=128), st.text(min_size=1, max_size=128)),
+    ts=st.floats(946_684_800, NOW),
+    reason=st.none() | st.text(min_size=1, max_size=64),
+    detail=st.none() | st.text(max_size=256),
+)
+def test_every_outcome_the_worker_accepts_validates_against_the_contract(
+    kind: OutcomeKind, ids: tuple[str, str], ts: float, reason: str | None, detail: str | None
+) -> None:
+    outcome = PushOutcome(kind, ids[0], ids[1], ts, reason, detail)
+    assert decode_outcome(outcome.to_bytes(), now=NOW) == outcome
+    validator("outcome.v1.json").validate(outcome.to_dict())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"kind": "liked"}, {"decision_id": ""}, {"user_id": None}, {"ts": "now"}, {"reason": ""}],
+)
+def test_a_malformed_outcome_breaks_the_contract_and_the_decoder(change: dict[str, Any]) -> None:
+    example = {**SCHEMAS["outcome.v1.json"]["examples"][0], **change}
+    assert not validator("outcome.v1.json").is_valid(example)
+    assert isinstance(decode_outcome(orjson.dumps(example), now=NOW), Rejection)

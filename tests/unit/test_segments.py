@@ -12,21 +12,14 @@ from hypothesis import strategies as st
 from sklearn import metrics
 
 import models.segments as segments_module
+from models.cluster_quality import ClusterScores, cluster_scores, pairwise_distances
 from models.features import FeatureConfig
-from models.segments import (
-    CheckpointError,
-    ClusterScores,
-    Segment,
-    SegmenterConfig,
-    SegmentIds,
-    SegmentSnapshot,
-    SegmentTrainer,
-    choose_k,
-    cluster_scores,
-    pairwise_distances,
-    segment_label,
-    weighted_kmeans,
-)
+from models.kmeans import choose_k, weighted_kmeans
+from models.segment_config import SegmenterConfig
+from models.segment_ids import SegmentIds
+from models.segment_labels import segment_label
+from models.segment_snapshot import Segment, SegmentSnapshot
+from models.segments import CheckpointError, SegmentTrainer
 
 NAMES = ("phones", "tv", "books", "shoes", "toys", "garden", "food", "cars", "beauty")
 FEATURES = FeatureConfig(pinned_categories=NAMES)

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from streams.settings import ConfigError, describe, load, load_local_services
+from load.local_settings import RawLocalServices, load_local_services
+from streams.config_values import describe as describe_declared
+from streams.settings import ConfigError, describe, load
 from tests.conftest import PROJECT_ROOT
 
 
@@ -15,6 +17,9 @@ def test_defaults_parse_and_point_at_the_local_services() -> None:
     assert settings.kafka_bootstrap == ("127.0.0.1:19092",)
     assert settings.redis_url == "redis://127.0.0.1:16379/0"
     assert settings.partitions == 4 and settings.store == "memory"
+    # Faust's own buffer limit (100) stops every stream under load (docs/BENCHMARKS.md).
+    assert settings.producer_buffer_max_messages == 20_000
+    assert settings.producer_max_batch_bytes == 512 * 1024
 
 
 @pytest.mark.parametrize(
@@ -28,6 +33,9 @@ def test_defaults_parse_and_point_at_the_local_services() -> None:
         ("NUDGESTREAM_WEB_PORT", "70000", "between 1 and 65535"),
         ("NUDGESTREAM_BATCH_WAIT_MS", "0", "between 1 and 1000"),
         ("NUDGESTREAM_BATCH_MAX_EVENTS", "lots", "integer"),
+        ("NUDGESTREAM_PRODUCER_BUFFER_MAX_MESSAGES", "10", "between 100 and 1000000"),
+        ("NUDGESTREAM_PRODUCER_MAX_BATCH_BYTES", "1024", "between 16384 and 1000000"),
+        ("NUDGESTREAM_PRODUCER_MAX_BATCH_BYTES", "2000000", "between 16384 and 1000000"),
         ("NUDGESTREAM_DEFAULT_TZ", "Mars/Olympus", "IANA zone"),
         ("NUDGESTREAM_PROFILE_HALF_LIFE_S", "-5", "positive number"),
         ("NUDGESTREAM_KAFKA_SECURITY_PROTOCOL", "TLS", "SASL_SSL"),
@@ -50,7 +58,7 @@ def test_secrets_are_redacted_for_logging() -> None:
 
 
 def test_every_setting_is_documented() -> None:
-    for variable, _default, meaning in describe():
+    for variable, _default, meaning in describe() + describe_declared(RawLocalServices):
         assert variable.startswith("NUDGESTREAM_") and meaning
 
 
@@ -71,7 +79,7 @@ def test_local_services_start_with_the_machines_clock_even_under_faketime(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A JVM or redis-server under libfaketime misbehaves: only the test process is faked."""
-    from streams.services import real_clock_env
+    from load.services import real_clock_env
 
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
     monkeypatch.setenv("FAKETIME", "@2026-12-02 23:30:00")
@@ -91,7 +99,8 @@ def test_config_lists_every_variable_the_code_reads() -> None:
         if path.suffix in {".py", ".sh"}
     ]
     read = {name for path in sources for name in pattern.findall(path.read_text())}
-    listed = {variable for variable, _, _ in describe()}
+    # The workers' settings, and the development services' (load/ declares those).
+    listed = {variable for variable, _, _ in describe() + describe_declared(RawLocalServices)}
     assert {"NUDGESTREAM_LOCAL_KAFKA_PORT", "NUDGESTREAM_SERVICES_DIR"} <= read
     assert read <= listed, sorted(read - listed)
 

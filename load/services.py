@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from streams.settings import DEFAULT_CACHE_DIR, load_local_services
+from load.local_settings import DEFAULT_CACHE_DIR, load_local_services
 
 KAFKA_VERSION = "3.9.1"
 _POM = Path(__file__).with_name("kafka") / "pom.xml"
