@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from models.policy import Outcome, is_popularity_fallback
+from models.candidates import is_popularity_fallback
+from models.decision import Outcome
 from streams.settings import Settings
 
 #: The outcome of a record on the push topic (audit records carry their own).

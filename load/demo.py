@@ -26,7 +26,7 @@ from pathlib import Path
 from load import services
 from load.cli import send
 from load.decisions import DECISION_GRACE_S, PUSHED, DecisionTally, DecisionWatcher
-from models.policy import Outcome
+from models.decision import Outcome
 from streams.admin import create_topics
 from streams.settings import Settings, load
 

@@ -57,7 +57,7 @@ import orjson
 from models.encoding import compact
 from models.events import Event, EventType
 from models.popularity import Bound, DecayedCounter
-from models.profile import DEFAULT_EVENT_WEIGHTS, RecentItem
+from models.profile import DEFAULT_EVENT_WEIGHTS, RecentItem, decay
 
 ENCODING_VERSION: Final = 1
 #: Rows carry the source positions they have applied (see :meth:`Row.applied`).
@@ -143,9 +143,9 @@ def pair_increments(
     """The row increments one event causes (see the module doc for the weights).
 
     ``recent_before`` is the user's recent items *before* this event (oldest first, as
-    :class:`~models.profile.Profile` keeps them): capture ``list(profile.recent)``
-    before calling :func:`~models.profile.update`, and call this only if the update
-    was applied (a duplicate event must not count twice). Out-of-order events pair with
+    :class:`~models.profile.Profile` keeps them), and this is called only if the
+    update was applied (a duplicate event must not count twice): :func:`models.step.step`
+    does both. Out-of-order events pair with
     the items within ``window_s`` on either side of them.
     """
     weights = config.event_weights
@@ -189,13 +189,13 @@ class DecayedValue:
     def add(self, weight: float, ts: float, half_life_s: float) -> None:
         """Add ``weight`` at ``ts``; a late addition counts with its decayed weight."""
         if ts >= self.ts:
-            self.value = self.value * _decay(ts - self.ts, half_life_s) + weight
+            self.value = self.value * decay(ts - self.ts, half_life_s) + weight
             self.ts = ts
         else:
-            self.value += weight * _decay(self.ts - ts, half_life_s)
+            self.value += weight * decay(self.ts - ts, half_life_s)
 
     def at(self, now: float, half_life_s: float) -> float:
-        return self.value * _decay(now - self.ts, half_life_s) if self.value else 0.0
+        return self.value * decay(now - self.ts, half_life_s) if self.value else 0.0
 
 
 class Row(DecayedValue):
@@ -362,10 +362,6 @@ def blend_related(
 
 def _x_log_x(x: float) -> float:
     return x * math.log(x) if x > 0 else 0.0
-
-
-def _decay(dt: float, half_life_s: float) -> float:
-    return math.exp2(-dt / half_life_s) if dt > 0 else 1.0
 
 
 def _check_version(version: object, what: str) -> None:

@@ -24,8 +24,9 @@ Recommenders, all filling their ``k`` slots from the same information:
   co-occurring within a user's last 5 events (repeats included), queried with the
   user's last 3 events' top-20 co-items summed by count (the co-view peer of the
   independent push-precision scorer, ``push_precision.py``);
-* ``popularity`` — the decayed overall popularity (:class:`~models.popularity.Popularity`);
-* ``category_popularity`` — the decayed popularity in the category of the user's latest
+* ``popularity`` — the overall popular list the workers serve
+  (:class:`~models.popularity.ServedPopularity`, the co-occurrence rows' own counts);
+* ``category_popularity`` — the served popular list of the category of the user's latest
   item, topped up from the overall list.
 
 The two item-to-item recommenders leave slots empty when their table knows too little;
@@ -123,11 +124,11 @@ class _Score:
 
     def report(self, k: int, targets: int, catalogue: int) -> dict[str, float]:
         return {
-            f"hr@{k}": _share(self.hits, targets),
-            f"mrr@{k}": _share(self.reciprocal_ranks, targets),
-            "coverage": _share(len(self.recommended), catalogue),
-            "fallback_share": _share(self.fallback_slots, self.slots),
-            f"hr@{k}_without_fallback": _share(self.own_hits, targets),
+            f"hr@{k}": share(self.hits, targets),
+            f"mrr@{k}": share(self.reciprocal_ranks, targets),
+            "coverage": share(len(self.recommended), catalogue),
+            "fallback_share": share(self.fallback_slots, self.slots),
+            f"hr@{k}_without_fallback": share(self.own_hits, targets),
         }
 
 
@@ -176,7 +177,8 @@ class _Evaluation:
         lists = None
         if touched and event.item_id not in touched:  # a target: see the module doc
             lists = self._recommend(event.user_id, touched)
-        if not self.replay.process(event):
+        result = self.replay.process(event)
+        if result is None or not result.applied:
             return
         if lists is not None:
             self.targets += 1
@@ -190,11 +192,11 @@ class _Evaluation:
         k = self.config.k
         profile = self.replay.profile(user_id)
         assert profile is not None, "a target's user has an earlier applied event"
-        popularity = self.replay.popularity
         # 2k: enough to top up a list of k whatever it already holds.
-        popular = [item for item, _ in popularity.top(2 * k, exclude=touched)]
+        popular = self._popular(2 * k, None, touched)
         category = profile.recent[-1].category or None
-        in_category = [item for item, _ in popularity.top(2 * k, category, exclude=touched)]
+        in_category = self._popular(2 * k, category, touched) if category else []
+        in_category, _ = _top_up(in_category, popular, 2 * k)
         fallback = in_category if self.config.fallback is Fallback.CATEGORY else popular
         return {
             "cooccurrence": _top_up(self._cooccurrence(profile, touched), fallback, k),
@@ -202,6 +204,11 @@ class _Evaluation:
             "category_popularity": (in_category[:k], 0),
             "coview": _top_up(self.coview.recommend(user_id, k, touched), fallback, k),
         }
+
+    def _popular(self, n: int, category: str | None, touched: set[str]) -> list[str]:
+        """The served popular list (overall or of ``category``) without ``touched``."""
+        ranked = self.replay.popularity.top(n + len(touched), category)
+        return [item for item, _ in ranked if item not in touched][:n]
 
     def _cooccurrence(self, profile: Profile, touched: set[str]) -> list[str]:
         cfg = self.config
@@ -263,7 +270,8 @@ def _top_up(items: list[str], fallback: Sequence[str], k: int) -> tuple[list[str
     return out, len(out) - min(len(items), k)
 
 
-def _share(part: float, whole: float) -> float:
+def share(part: float, whole: float) -> float:
+    """``part / whole``, 0 when there is no whole (a rate of nothing)."""
     return part / whole if whole else 0.0
 
 

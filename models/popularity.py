@@ -1,11 +1,13 @@
-"""Time-decayed item popularity (overall, per category, per segment): the cold-start fallback.
+"""Item popularity: bounded decayed counters, and the one popularity scorer.
 
 Two pieces live here:
 
 * :class:`DecayedCounter` — bounded, exponentially decayed weights per key. The
-  co-occurrence rows (:mod:`models.cooccurrence`) use it for their neighbours too.
-* :class:`Popularity` — one counter for all items, one per category and one per segment
-  id, each bounded, with :meth:`Popularity.top` as the fallback list of items.
+  co-occurrence rows (:mod:`models.cooccurrence`) use it for their neighbours.
+* :func:`popularity_score` and :class:`ServedPopularity` — popularity (the cold-start
+  fallback) is an item's co-occurrence row's own decayed occurrence count, ranked by a
+  time-invariant score. The workers serve it from Redis (``streams/cooccurrence.py``),
+  the replays and the evaluation from :class:`ServedPopularity`: one scorer everywhere.
 
 **Decay** uses *forward decay*: a weight ``w`` added at time ``t`` is stored as
 ``w * 2 ** ((t - landmark) / half_life)``, so an addition costs O(1) however many
@@ -24,29 +26,23 @@ weight is *below* its true decayed weight by at most ``mass / (keep + 1)``, wher
 bound is guaranteed to be present. A counter never holds more than ``capacity`` keys;
 pruning in batches (``keep`` is 3/4 of the capacity) makes it amortised O(1).
 
->>> from models.events import Event, EventType
->>> pop = Popularity(PopularityConfig(half_life_s=3600.0))
->>> for n, (item, cat) in enumerate([("a", "toys"), ("b", "toys"), ("b", "toys"), ("c", "tea")]):
-...     pop.learn_one(Event(f"e{n}", EventType.VIEW, "u1", item, 1000.0 + n, cat), segment=7)
->>> [item for item, _ in pop.top(2)]  # "c" is as frequent as "a" but more recent
-['b', 'c']
->>> [item for item, _ in pop.top(3, category="tea", exclude={"b"})]
-['c', 'a']
+>>> pop = ServedPopularity(half_life_s=3600.0)
+>>> for item, category, count, ts in [("a", "toys", 2.0, 0.0), ("b", "toys", 1.0, 3600.0), ("c", "tea", 1.5, 0.0)]:
+...     pop.learn(item, category, count, ts)
+>>> [item for item, _ in pop.top(2)]  # b's 1.0 an hour later equals a's 2.0
+['a', 'b']
+>>> [item for item, _ in pop.top(3, category="tea")]
+['c']
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
-
-import orjson
-
-from models.events import Event, EventType
-from models.profile import DEFAULT_EVENT_WEIGHTS
 
 #: Move the landmark after this many half-lives: boosts stay below 2**64.
 REBASE_HALF_LIVES: Final = 64.0
@@ -55,6 +51,9 @@ FORGET_BELOW: Final = 1e-6
 #: A full counter is pruned down to this share of its capacity.
 KEEP_SHARE: Final = 0.75
 _NOTHING: Final[frozenset[str]] = frozenset()
+#: Items kept in the served popular lists: overall, and per category.
+POPULAR_KEPT: Final = 5000
+POPULAR_KEPT_PER_CATEGORY: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,162 +179,87 @@ def _heaviest_first(kv: tuple[str, float]) -> tuple[float, str]:
     return -kv[1], kv[0]
 
 
-@dataclass(frozen=True, slots=True)
-class PopularityConfig:
-    half_life_s: float = 3600.0
-    #: Items kept overall, per category and per segment.
-    max_items: int = 1000
-    max_items_per_category: int = 100
-    max_items_per_segment: int = 200
-    #: Categories and segments tracked (the weakest are dropped with their lists).
-    max_categories: int = 500
-    max_segments: int = 64
-    event_weights: Mapping[EventType, float] = field(
-        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS)
-    )
+def popularity_score(count: float, ts: float, half_life_s: float) -> float:
+    """A time-invariant rank of a decayed count: log2(count) + ts / half-life.
 
-    def bound(self, capacity: int) -> Bound:
-        return Bound(capacity, self.half_life_s)
+    Decay multiplies every count by the same factor, so ranking by the count seen at
+    its own time, shifted by elapsed half-lives, equals ranking by the count now.
+
+    >>> popularity_score(4.0, 3600.0, 3600.0) == popularity_score(2.0, 0.0, 3600.0) + 2.0
+    True
+    """
+    return math.log2(count) + ts / half_life_s
 
 
-class _Groups:
-    """Item counters for a bounded set of groups (categories or segments).
+class _TopScores:
+    """The ``capacity`` best items of a set whose scores only ever rise (exact).
 
-    The groups' own decayed weights decide which groups are tracked: when a group is
-    pruned from ``weights``, its item counter goes too.
+    Ranked by score, ties by item id, so the kept items are those a full ranking puts first.
     """
 
-    __slots__ = ("counters", "groups_bound", "items_bound", "weights")
+    __slots__ = ("capacity", "scores", "worst")
 
-    def __init__(self, groups_bound: Bound, items_bound: Bound) -> None:
-        self.groups_bound = groups_bound
-        self.items_bound = items_bound
-        self.weights = DecayedCounter()
-        self.counters: dict[str, DecayedCounter] = {}
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.scores: dict[str, float] = {}
+        #: The rank key (-score, item) of the last kept item, once the set is full.
+        self.worst: tuple[float, str] | None = None
 
-    def add_boosted(self, group: str, item: str, boosted: float, landmark: float) -> None:
-        for gone in self.weights.add_boosted(group, boosted, self.groups_bound):
-            self.counters.pop(gone, None)
-        if group not in self.weights.weights:
-            return  # the group itself is too weak to be tracked
-        counter = self.counters.get(group)
-        if counter is None:
-            counter = self.counters[group] = DecayedCounter(landmark)
-        counter.add_boosted(item, boosted, self.items_bound)
+    def offer(self, item: str, score: float) -> None:
+        scores = self.scores
+        if item in scores or len(scores) < self.capacity:
+            scores[item] = score
+        elif self.worst is not None and (-score, item) < self.worst:
+            del scores[self.worst[1]]
+            scores[item] = score
+        else:
+            return
+        full = len(scores) == self.capacity
+        self.worst = max((-s, i) for i, s in scores.items()) if full else None
 
-    def all_counters(self) -> list[DecayedCounter]:
-        return [self.weights, *self.counters.values()]
-
-    def to_list(self) -> list[Any]:
-        return [self.weights.to_list(), {k: c.to_list() for k, c in self.counters.items()}]
-
-    def load(self, data: list[Any]) -> None:
-        self.weights = DecayedCounter.from_list(data[0])
-        self.counters = {k: DecayedCounter.from_list(v) for k, v in data[1].items()}
+    def top(self, n: int) -> list[tuple[str, float]]:
+        return heapq.nsmallest(n, self.scores.items(), key=_rank)
 
 
-class Popularity:
-    """Decayed popularity of items overall, per category and per segment id.
+def _rank(pair: tuple[str, float]) -> tuple[float, str]:
+    return -pair[1], pair[0]
 
-    All counters share one landmark, so an event costs one decay factor however many
-    counters it feeds. Memory bound: ``max_items + max_categories *
-    max_items_per_category + max_segments * max_items_per_segment`` item weights plus
-    the category and segment weights (about 63,000 entries with the defaults).
+
+class ServedPopularity:
+    """The popular lists, overall and per category, kept as the workers keep them.
+
+    An item's score is :func:`popularity_score` of its co-occurrence row's own decayed
+    count: the same order as the count now, and it only rises, so the best ``kept``
+    (``kept_per_category`` per category) are kept exactly. Per category, an item counts
+    in the category its latest event carried. The workers keep the same lists in Redis
+    sorted sets (``streams/cooccurrence.py``); the replays keep them here.
     """
 
-    def __init__(self, config: PopularityConfig | None = None) -> None:
-        self.config = config or PopularityConfig()
-        cfg = self.config
-        self._overall_bound = cfg.bound(cfg.max_items)
-        self.landmark = math.nan
-        self.overall = DecayedCounter()
-        self.categories = _Groups(
-            cfg.bound(cfg.max_categories), cfg.bound(cfg.max_items_per_category)
-        )
-        #: Segment ids are kept as text, like every key on the wire.
-        self.segments = _Groups(cfg.bound(cfg.max_segments), cfg.bound(cfg.max_items_per_segment))
-        #: The latest event time seen: the default "now" of :meth:`top`.
-        self.last_ts = -math.inf
-
-    def learn_one(self, event: Event, segment: int | None = None) -> None:
-        """Count one event for its item (and its category and the user's segment)."""
-        boosted = self.config.event_weights[event.type] * self._boost(event.ts)
-        self.last_ts = max(self.last_ts, event.ts)
-        item = event.item_id
-        self.overall.add_boosted(item, boosted, self._overall_bound)
-        if event.category:
-            self.categories.add_boosted(event.category, item, boosted, self.landmark)
-        if segment is not None:
-            self.segments.add_boosted(str(segment), item, boosted, self.landmark)
-
-    def _boost(self, ts: float) -> float:
-        half_life = self.config.half_life_s
-        if math.isnan(self.landmark):
-            self._set_landmark(ts)
-        elif ts - self.landmark > REBASE_HALF_LIVES * half_life:
-            for counter in self._counters():
-                counter.rebase(ts, half_life)
-            self._set_landmark(ts)
-        return math.exp2((ts - self.landmark) / half_life)
-
-    def _set_landmark(self, ts: float) -> None:
-        self.landmark = ts
-        for counter in self._counters():
-            counter.landmark = ts
-
-    def _counters(self) -> list[DecayedCounter]:
-        return [self.overall, *self.categories.all_counters(), *self.segments.all_counters()]
-
-    def top(
+    def __init__(
         self,
-        n: int,
-        category: str | None = None,
-        segment: int | None = None,
-        exclude: Collection[str] = (),
-        *,
-        fill: bool = True,
-        now: float | None = None,
-    ) -> list[tuple[str, float]]:
-        """The ``n`` most popular items not in ``exclude``, heaviest first.
+        half_life_s: float,
+        kept: int = POPULAR_KEPT,
+        kept_per_category: int = POPULAR_KEPT_PER_CATEGORY,
+    ) -> None:
+        if kept < 1 or kept_per_category < 1:
+            raise ValueError("kept and kept_per_category must be >= 1")
+        self.half_life_s = half_life_s
+        self.kept_per_category = kept_per_category
+        self.overall = _TopScores(kept)
+        self.by_category: dict[str, _TopScores] = {}
 
-        With ``category`` or ``segment`` (not both) the list comes from that group; if it
-        has fewer than ``n`` items and ``fill`` is true it is topped up from the overall
-        list, so a cold-start caller always gets ``n`` items once enough were seen.
-        Weights are decayed to ``now`` (default: the latest event time seen).
-        """
-        if category is not None and segment is not None:
-            raise ValueError("pass a category or a segment, not both")
-        at = self.last_ts if now is None else now
-        half_life = self.config.half_life_s
-        if category is None and segment is None:
-            return self.overall.top(n, at, half_life, exclude)
-        group = self._group(category, segment)
-        picked = group.top(n, at, half_life, exclude) if group is not None else []
-        if fill and len(picked) < n:
-            taken = {item for item, _ in picked}
-            picked.extend(self.overall.top(n - len(picked), at, half_life, taken.union(exclude)))
-        return picked
+    def learn(self, item: str, category: str | None, count: float, ts: float) -> None:
+        """Record an item's row count (``count`` as of ``ts``) after it changed."""
+        if count <= 0:
+            return
+        score = popularity_score(count, ts, self.half_life_s)
+        self.overall.offer(item, score)
+        if category:
+            top = self.by_category.get(category)
+            if top is None:
+                top = self.by_category[category] = _TopScores(self.kept_per_category)
+            top.offer(item, score)
 
-    def _group(self, category: str | None, segment: int | None) -> DecayedCounter | None:
-        if category is not None:
-            return self.categories.counters.get(category)
-        return self.segments.counters.get(str(segment)) if segment is not None else None
-
-    def to_bytes(self) -> bytes:
-        last_ts = self.last_ts if math.isfinite(self.last_ts) else None
-        return orjson.dumps(
-            [1, last_ts, self.overall.to_list(), self.categories.to_list(), self.segments.to_list()]
-        )
-
-    @classmethod
-    def from_bytes(cls, raw: bytes, config: PopularityConfig | None = None) -> Popularity:
-        data: list[Any] = orjson.loads(raw)
-        if data[0] != 1:
-            raise ValueError(f"unsupported popularity encoding {data[0]!r}")
-        pop = cls(config)
-        pop.last_ts = -math.inf if data[1] is None else data[1]
-        pop.overall = DecayedCounter.from_list(data[2])
-        pop.landmark = pop.overall.landmark
-        pop.categories.load(data[3])
-        pop.segments.load(data[4])
-        return pop
+    def top(self, n: int, category: str | None = None) -> list[tuple[str, float]]:
+        ranked = self.overall if category is None else self.by_category.get(category)
+        return ranked.top(n) if ranked is not None else []

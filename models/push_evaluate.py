@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from models.evaluate import share
 from models.events import Event, EventType
 from models.logfile import BadRow
 
@@ -173,7 +174,7 @@ class _Tally:
 
     @property
     def precision_new(self) -> float:
-        return _share(self.new_hits, self.new)
+        return share(self.new_hits, self.new)
 
 
 def evaluate_pushes(
@@ -207,10 +208,10 @@ def evaluate_pushes(
         "hits_new": ours.new_hits,
         "baseline_hits_new": popular.new_hits,
         "coview_hits_new": coview.new_hits,
-        "buy_rate_new": round(_share(ours.new_bought, ours.new), DIGITS),
+        "buy_rate_new": round(share(ours.new_bought, ours.new), DIGITS),
         "active_users": active,
-        "share_users_pushed": round(_share(len(ours.users), active), DIGITS),
-        "pushes_per_active_user": round(_share(ours.decisions, active), DIGITS),
+        "share_users_pushed": round(share(len(ours.users), active), DIGITS),
+        "pushes_per_active_user": round(share(ours.decisions, active), DIGITS),
         "by_trigger": {
             name: {
                 "decisions": t.decisions,
@@ -235,7 +236,7 @@ def _reference_figures(ours: _Tally, popular: _Tally, coview: _Tally) -> dict[st
         "users_pushed": len(ours.users),
         "distinct_items_pushed": len(ours.distinct),
         "pushed_items": ours.items,
-        "precision_any": round(_share(ours.hits, ours.items), DIGITS),
+        "precision_any": round(share(ours.hits, ours.items), DIGITS),
         "pushed_new": ours.new,
         "precision_new": round(p_new, DIGITS),
         "baseline_precision_new": round(p_base, DIGITS),
@@ -251,7 +252,3 @@ def _unsent(audit: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
     for record in audit:
         counts[str(record["outcome"])][str(record["reason"])] += 1
     return {outcome: dict(sorted(c.items())) for outcome, c in sorted(counts.items())}
-
-
-def _share(part: float, whole: float) -> float:
-    return part / whole if whole else 0.0

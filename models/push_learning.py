@@ -10,7 +10,7 @@ scorer counts a hit. From those outcomes it learns
 * send time (:mod:`models.sendtime`) — a deferred push waits for the user's preferred
   hour, learnt from the times their pushes converted;
 * a bandit over trigger kinds (:mod:`models.bandit`) — kinds that keep missing are
-  pushed less — and one over candidate sources (:class:`~models.policy.Source`: related
+  pushed less — and one over candidate sources (:class:`~models.candidates.Source`: related
   items, category or segment popularity, overall popularity), rewarded per pushed item —
   items from sources that keep missing are left out of the push (``source_arms``, off
   by default);
@@ -39,14 +39,15 @@ only as the log says they did: the true lift is 1 there, and an interval that co
 >>> records = []
 >>> learner = learning_replay(log, config, LearningConfig(horizon_s=600.0), records.append)
 >>> [(r.outcome, r.reason, r.decision.user_id) for r in records]  # doctest: +NORMALIZE_WHITESPACE
-[('pushed', None, 'u3'), ('pushed', None, 'u1'), ('pushed', None, 'u2'),
+[('no_candidates', 'no_candidates', 'u1'), ('no_candidates', 'no_candidates', 'u2'),
+ ('pushed', None, 'u3'), ('pushed', None, 'u1'), ('pushed', None, 'u2'),
  ('suppressed', 'bandit', 'u3')]
 >>> learner.stats()["skipped"]  # nothing learnt yet: untried arms are drawn from the prior
 {'bandit': 1}
 >>> off = LearningConfig(horizon_s=600.0, bandit=BanditConfig(enabled=False))
 >>> records = []
 >>> _ = learning_replay(log, config, off, records.append)
->>> [(r.outcome, r.decision.user_id) for r in records]  # the static replay's decisions
+>>> [(r.outcome, r.decision.user_id) for r in records if r.decision.items]  # the static replay's
 [('pushed', 'u3'), ('pushed', 'u1'), ('pushed', 'u2'), ('suppressed', 'u3')]
 """
 
@@ -60,13 +61,14 @@ from typing import Any, Final
 
 from models.attribution import AttributionConfig, Attributor, Closed, Exposure, Scope, Signal
 from models.bandit import Bandit, BanditConfig
+from models.decision import Decision, Outcome
 from models.events import Event
 from models.fatigue import FatigueConfig, UserFatigue
 from models.lift import Group, Tally, summary
 from models.logfile import BadRow
-from models.policy import Decision, Outcome, in_holdout
 from models.push_replay import PUSHED, PushReplay, PushReplayConfig, Record
 from models.replay import ReplayStats
+from models.routing import in_holdout
 from models.sendtime import SendTimeConfig, UserSendTime, send_at
 
 FATIGUE: Final = "fatigue"

@@ -4,20 +4,24 @@
 simulated clock taken from event times:
 
 1. :class:`~models.replay.Replay` — profiles, co-occurrence rows, related lists;
-2. :class:`ServedPopularity` — the popular lists the workers serve: items ranked by their
-   co-occurrence row's own decayed count, overall and per category;
+2. :class:`~models.popularity.ServedPopularity` (kept by the replay) — the popular
+   lists the workers serve: items ranked by their co-occurrence row's own decayed
+   count, overall and per category;
 3. segments — a :class:`~models.segments.SegmentTrainer` fed the profile vectors the
    workers would sample (a user's 1st, 2nd, 4th, 8th and then every 16th event), a
    snapshot every ``snapshot_every`` applied events, users assigned with the latest one;
-4. the policy (:mod:`models.policy`) — triggers after each event; delayed triggers (and
+4. the policy — triggers after each event (the step of :mod:`models.step`, as in the
+   ingest agent), candidates (:mod:`models.candidates`); delayed triggers (and
    decisions deferred by quiet hours) wait in a queue and are decided when the clock
    passes their due time (before the next event, and at the end of the log); each
    decision reads the state **as it stood at that moment**;
 5. the rate limits — the pure :class:`~models.limits.Limiter` on the simulated clock,
-   then the control group (:func:`~models.policy.in_holdout`) among allowed decisions.
+   then :func:`models.routing.route`, the verdict routing the workers run (the control
+   group among allowed decisions, quiet-hours deferrals decided again later).
 
 Every decision is recorded (:class:`Record`): pushes in the decision schema, the others
-(suppressed, holdout, deferred) in the audit schema. ``decided_at`` is the simulated
+(suppressed, holdout, deferred, and triggers that found no candidates) in the audit
+schema. A learning policy may steer decisions (:class:`Steering`) before the limits. ``decided_at`` is the simulated
 time the decision was made; a decision deferred by quiet hours is recorded as deferred
 when it is made and decided again when the quiet hours end, so a push's ``decided_at``
 is when it is sent.
@@ -32,7 +36,9 @@ is when it is sent.
 >>> stats = PushReplay(config, records.append).run(log)
 >>> [(r.outcome, r.decision.trigger.value, r.decision.user_id, [i for i, _ in r.decision.items])
 ...  for r in records]  # doctest: +NORMALIZE_WHITESPACE
-[('pushed', 'browse_interest', 'u3', ['b']),
+[('no_candidates', 'browse_interest', 'u1', []),
+ ('no_candidates', 'browse_interest', 'u2', []),
+ ('pushed', 'browse_interest', 'u3', ['b']),
  ('pushed', 'browse_abandoned', 'u1', ['c']),
  ('pushed', 'browse_abandoned', 'u2', ['c']),
  ('suppressed', 'browse_abandoned', 'u3', ['b'])]
@@ -52,30 +58,18 @@ from typing import IO, Any, Final, Protocol
 
 import orjson
 
+from models.candidates import CandidateData, Needs, decide, needs
+from models.decision import Decision, Outcome
 from models.events import Event
-from models.features import FeatureConfig, profile_vector, should_sample
-from models.limits import LimitConfig, Limiter, Verdict
+from models.features import FeatureConfig, profile_vector
+from models.limits import LimitConfig, Limiter
 from models.logfile import BadRow
-from models.policy import (
-    HOLDOUT,
-    QUIET_HOURS,
-    CandidateData,
-    Decision,
-    Needs,
-    Outcome,
-    PolicyConfig,
-    Trigger,
-    copy_profile,
-    decide,
-    in_holdout,
-    needs,
-    release_at,
-    still_valid,
-    triggers_for,
-)
+from models.policy import PolicyConfig, Trigger, still_valid
 from models.profile import Profile
 from models.replay import DEFAULT_PROGRESS_EVERY, Replay, ReplayConfig, ReplayStats
-from models.segments import Segment, SegmenterConfig, SegmentSnapshot, SegmentTrainer
+from models.routing import Route, route, segment_of, unfilled
+from models.segments import SegmenterConfig, SegmentSnapshot, SegmentTrainer
+from models.step import Step
 
 PUSHED: Final = "pushed"
 
@@ -89,12 +83,10 @@ class PushReplayConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     #: Applied events between segment snapshots (the workers take one every few seconds).
     snapshot_every: int = 1000
-    #: Items kept per served popular list (the workers keep 500 per category).
-    popular_kept: int = 500
 
     def __post_init__(self) -> None:
-        if self.snapshot_every < 1 or self.popular_kept < 1:
-            raise ValueError("snapshot_every and popular_kept must be >= 1")
+        if self.snapshot_every < 1:
+            raise ValueError("snapshot_every must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,72 +141,6 @@ class Steering(Protocol):
     def release_at(self, decision: Decision, default: float, tz: str | None) -> float: ...
 
 
-class _TopScores:
-    """The ``capacity`` best items of a set whose scores only ever rise (exact).
-
-    Ranked by score, ties by item id, so the kept items are those a full ranking puts first.
-    """
-
-    __slots__ = ("capacity", "scores", "worst")
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.scores: dict[str, float] = {}
-        #: The rank key (-score, item) of the last kept item, once the set is full.
-        self.worst: tuple[float, str] | None = None
-
-    def offer(self, item: str, score: float) -> None:
-        scores = self.scores
-        if item in scores or len(scores) < self.capacity:
-            scores[item] = score
-        elif self.worst is not None and (-score, item) < self.worst:
-            del scores[self.worst[1]]
-            scores[item] = score
-        else:
-            return
-        full = len(scores) == self.capacity
-        self.worst = max((-s, i) for i, s in scores.items()) if full else None
-
-    def top(self, n: int) -> list[tuple[str, float]]:
-        return heapq.nsmallest(n, self.scores.items(), key=_rank)
-
-
-def _rank(pair: tuple[str, float]) -> tuple[float, str]:
-    return -pair[1], pair[0]
-
-
-class ServedPopularity:
-    """Popular items as the workers serve them (see ``streams/cooccurrence.py``).
-
-    An item's score is ``log2(count) + ts / half_life`` of its co-occurrence row's own
-    decayed count: the same order as the count now, and it only rises, so the best
-    ``capacity`` per list are kept exactly. Per category, an item counts in the category
-    its latest event carried.
-    """
-
-    def __init__(self, half_life_s: float, capacity: int) -> None:
-        self.half_life_s = half_life_s
-        self.capacity = capacity
-        self.overall = _TopScores(capacity)
-        self.by_category: dict[str, _TopScores] = {}
-
-    def learn(self, item: str, category: str | None, count: float, ts: float) -> None:
-        """Record an item's row count (``count`` as of ``ts``) after it changed."""
-        if count <= 0:
-            return
-        score = math.log2(count) + ts / self.half_life_s
-        self.overall.offer(item, score)
-        if category:
-            top = self.by_category.get(category)
-            if top is None:
-                top = self.by_category[category] = _TopScores(self.capacity)
-            top.offer(item, score)
-
-    def top(self, n: int, category: str | None = None) -> list[tuple[str, float]]:
-        ranked = self.overall if category is None else self.by_category.get(category)
-        return ranked.top(n) if ranked is not None else []
-
-
 class _Segments:
     """The trainer, its latest snapshot and the assignment of users, as in the workers."""
 
@@ -224,9 +150,9 @@ class _Segments:
         self.snapshot: SegmentSnapshot | None = None
         self.applied = 0
 
-    def learn(self, profile: Profile, now: float) -> bool:
-        """Sample the profile if due; True when a new snapshot was taken."""
-        if should_sample(profile.events):
+    def learn(self, profile: Profile, sample: bool, now: float) -> bool:
+        """Learn the profile if it is a ``sample``; True when a new snapshot was taken."""
+        if sample:
             vector = profile_vector(profile, now, self.trainer.features)
             self.trainer.learn_one(vector, profile.categories)
         self.applied += 1
@@ -235,14 +161,6 @@ class _Segments:
         previous = self.snapshot
         self.snapshot = self.trainer.snapshot(now)
         return self.snapshot is not previous
-
-    def assign(self, profile: Profile, now: float) -> tuple[int | None, Segment | None]:
-        snapshot = self.snapshot
-        if snapshot is None:
-            return None, None
-        segment_id = snapshot.assign(profile_vector(profile, now, snapshot.features))
-        info = next(s for s in snapshot.segments if s.id == segment_id)
-        return segment_id, info
 
 
 class PushReplay:
@@ -256,10 +174,7 @@ class PushReplay:
     ) -> None:
         self.config = config or PushReplayConfig()
         self.steer = steer
-        self.replay = Replay(self.config.replay)
-        self.popularity = ServedPopularity(
-            self.config.replay.cooc.half_life_s, self.config.popular_kept
-        )
+        self.replay = Replay(self.config.replay, self.config.policy)
         self.segments = _Segments(self.config)
         self.limiter = Limiter(self.config.limits)
         self.stats = PushReplayStats()
@@ -282,27 +197,24 @@ class PushReplay:
 
     def process(self, event: Event) -> None:
         self._decide_due(until=event.ts)
-        before = copy_profile(self.replay.profile(event.user_id))
-        if not self.replay.process(event):
+        result = self.replay.process(event)
+        if result is None or not result.applied:
             return
-        after = self.replay.profiles[event.user_id]
-        self._learn(event, after)
-        for trigger in triggers_for(before, after, event, self.config.policy):
+        self._learn(event, result)
+        for trigger in result.due:
             self.stats.triggers[trigger.kind.value] += 1
-            if trigger.due_at <= event.ts:
-                self._decide(trigger)
-            else:
-                self._schedule(trigger)
+            self._decide(trigger)
+        for trigger in result.later:
+            self.stats.triggers[trigger.kind.value] += 1
+            self._schedule(trigger)
 
     def finish(self) -> None:
         """Decide what is still pending, as if the clock ran on after the log."""
         self._decide_due(until=math.inf)
 
-    def _learn(self, event: Event, profile: Profile) -> None:
-        row = self.replay.row(event.item_id)
-        if row is not None:
-            self.popularity.learn(event.item_id, event.category, row.value, row.ts)
-        self.stats.segment_snapshots += self.segments.learn(profile, self.replay.clock)
+    def _learn(self, event: Event, result: Step) -> None:
+        learned = self.segments.learn(result.profile, result.sample, self.replay.clock)
+        self.stats.segment_snapshots += learned
 
     def _schedule(self, trigger: Trigger) -> None:
         heapq.heappush(self._pending, (trigger.due_at, next(self._sequence), trigger))
@@ -320,11 +232,12 @@ class PushReplay:
         if profile is None or not still_valid(trigger, profile, now, policy):
             self.stats.invalid += 1
             return
-        segment, info = self.segments.assign(profile, now)
+        segment, info = segment_of(self.segments.snapshot, profile, now)
         data = self.fetch(needs(trigger, profile, policy, info))
         decision = decide(trigger, profile, data, segment, info, now, policy)
         if decision is None:
             self.stats.empty += 1
+            self._route(unfilled(trigger, segment, now, policy))
             return
         if self.steer is not None:
             steered = self.steer.steer(decision)
@@ -332,35 +245,34 @@ class PushReplay:
                 self._emit(Record(decision, Outcome.SUPPRESSED.value, steered))
                 return
             decision = steered
-        self._limit(trigger, decision, profile.tz)
+        verdict = self.limiter.check(decision.limit_request(profile.tz))
+        self._route(route(trigger, decision, verdict, policy, self._release(decision, profile.tz)))
 
     def fetch(self, need: Needs) -> CandidateData:
         """What the workers fetch from Redis, read from the replay's state."""
-        popularity = self.popularity
+        popularity = self.replay.popularity
         return CandidateData(
             related={item: self.replay.related(item) for item in need.related_items},
             popular=popularity.top(need.n_popular),
             popular_by_category={c: popularity.top(need.n_popular, c) for c in need.categories},
         )
 
-    def _limit(self, trigger: Trigger, decision: Decision, tz: str | None) -> None:
-        result = self.limiter.check(decision.limit_request(tz))
-        if result.verdict is Verdict.DEFERRED:
-            assert result.defer_until is not None
-            self._emit(Record(decision, Outcome.DEFERRED.value, QUIET_HOURS))
-            release = release_at(trigger.user_id, result.defer_until, self.config.policy)
-            if self.steer is not None:
-                release = self.steer.release_at(decision, release, tz)
-            self._schedule(trigger.deferred_to(release))
-        elif result.verdict is Verdict.SUPPRESSED:
-            assert result.reason is not None
-            self._emit(Record(decision, Outcome.SUPPRESSED.value, result.reason.value))
-        elif in_holdout(
-            decision.user_id, self.config.policy.holdout_percent, self.config.policy.holdout_salt
-        ):
-            self._emit(Record(decision, Outcome.HOLDOUT.value, HOLDOUT))
-        else:
-            self._emit(Record(decision.restricted_to(result.items)))
+    def _release(self, decision: Decision, tz: str | None) -> Callable[[float], float] | None:
+        """The steering's release time of ``decision`` if it is deferred."""
+        steer = self.steer
+        if steer is None:
+            return None
+        return lambda default: steer.release_at(decision, default, tz)
+
+    def _route(self, routed: Route | None) -> None:
+        # None: a push marked published before a crash (nothing is marked offline), or
+        # a trigger that expired before it found candidates (nothing was decided).
+        if routed is None:
+            return
+        if routed.retry is not None:
+            self._schedule(routed.retry)
+        outcome = PUSHED if routed.outcome is None else routed.outcome.value
+        self._emit(Record(routed.decision, outcome, routed.reason))
 
     def _emit(self, record: Record) -> None:
         self.stats.outcomes[record.outcome] += 1

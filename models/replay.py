@@ -4,10 +4,12 @@
 in the same order, with the clock taken from event times:
 
 1. :meth:`Replay.accept` — the clock (the latest event time seen) and lateness rules;
-2. :func:`models.profile.update` — the user's profile (duplicates stop here);
-3. :func:`models.cooccurrence.pair_increments` then :meth:`models.cooccurrence.Row.apply`
-   — what the user-partitioned agent sends and the item-partitioned agent applies;
-4. :meth:`models.popularity.Popularity.learn_one` — the cold-start fallback.
+2. :func:`models.step.step` — the step the ingest agent runs: the profile (duplicates
+   stop here), the pair increments and the triggers;
+3. :meth:`models.cooccurrence.Row.apply` of the increments — what the item-partitioned
+   agent does with what the user-partitioned one sends;
+4. :meth:`models.popularity.ServedPopularity.learn` of the event's row — the popular
+   lists (the cold-start fallback) as the workers serve them.
 
 Later stages (segments, push decisions) add steps to :meth:`Replay.process`. Related
 items are scored lazily: a row changed since it was last scored is re-scored when read,
@@ -37,24 +39,27 @@ Taobao logs have one, dated 2017-09-11 among events of November 2017).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
-from models.cooccurrence import CoocConfig, DecayedValue, Row, pair_increments, score_row
+from models.cooccurrence import CoocConfig, DecayedValue, Increment, Row, score_row
 from models.events import Event
 from models.logfile import BadRow
-from models.popularity import Popularity, PopularityConfig
-from models.profile import Profile, ProfileConfig, RecentItem, update
+from models.policy import PolicyConfig
+from models.popularity import ServedPopularity
+from models.profile import Profile, ProfileConfig
+from models.step import Step, StepConfig, step
 
 DEFAULT_PROGRESS_EVERY: Final = 10_000
+#: The source name of a replayed log's positions (the record number).
+LOG_SOURCE: Final = "log"
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayConfig:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     cooc: CoocConfig = field(default_factory=CoocConfig)
-    popularity: PopularityConfig = field(default_factory=PopularityConfig)
     #: Events this much older than the clock are dropped as stale.
     max_lateness_s: float = 86400.0
     #: A changed row is re-scored on read once its scores are this old (event time).
@@ -84,14 +89,18 @@ class ReplayStats:
 class Replay:
     """The streaming pipeline's state, advanced one event at a time (see the module doc)."""
 
-    def __init__(self, config: ReplayConfig | None = None) -> None:
+    def __init__(
+        self, config: ReplayConfig | None = None, policy: PolicyConfig | None = None
+    ) -> None:
         self.config = config or ReplayConfig()
+        #: ``policy`` decides the triggers of each step (only a push replay reads them).
+        self.step_config = StepConfig(self.config.profile, self.config.cooc, policy or PolicyConfig())
         self.stats = ReplayStats()
         #: The simulated clock: the latest accepted event time.
         self.clock = -math.inf
         self.profiles: dict[str, Profile] = {}
         self.rows: dict[str, Row] = {}
-        self.popularity = Popularity(self.config.popularity)
+        self.popularity = ServedPopularity(self.config.cooc.half_life_s)
         #: Decayed sum of all occurrence weights: N of the likelihood ratio.
         self.occurrences = DecayedValue()
         self._dirty: set[str] = set()
@@ -154,22 +163,27 @@ class Replay:
         if pending is not None:
             yield pending
 
-    def process(self, event: Event) -> bool:
-        """Advance every piece of state by one event; return whether it was applied."""
+    def process(self, event: Event) -> Step | None:
+        """Advance every piece of state by one event; what the step did (None: stale).
+
+        The event's position is its number in the log (:data:`LOG_SOURCE`), so the
+        replay check of the step runs here as in the stream (and never fires: a log is
+        read once).
+        """
         self.stats.events += 1
         if not self.accept(event):
-            return False
-        before = self.profiles.get(event.user_id)
-        recent_before = list(before.recent) if before is not None else []
-        profile, applied = update(before, event, self.clock, self.config.profile)
-        self.profiles[event.user_id] = profile
-        if not applied:
+            return None
+        result = step(self.profiles.get(event.user_id), event, LOG_SOURCE, self.stats.events, self.clock, self.step_config)
+        self.profiles[event.user_id] = result.profile
+        if not result.applied:
             self.stats.duplicates += 1
-            return False
+            return result
         self.stats.applied += 1
-        self._update_cooccurrence(recent_before, event)
-        self.popularity.learn_one(event)
-        return True
+        self._apply_increments(result.increments)
+        row = self.rows.get(event.item_id)
+        if row is not None:
+            self.popularity.learn(event.item_id, event.category, row.value, row.ts)
+        return result
 
     def accept(self, event: Event) -> bool:
         """Move the clock; count late events and refuse stale ones."""
@@ -182,11 +196,10 @@ class Replay:
         self.stats.out_of_order += 1
         return True
 
-    def _update_cooccurrence(self, recent_before: list[RecentItem], event: Event) -> None:
+    def _apply_increments(self, increments: Sequence[Increment]) -> None:
         cooc = self.config.cooc
         rows = self.rows
         dirty = self._dirty
-        increments = pair_increments(recent_before, event, cooc)
         self.stats.increments += len(increments)
         for inc in increments:
             row = rows.get(inc.item_id)

@@ -13,9 +13,7 @@ profile (see ``models.profile``) and by deterministic decision ids.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,36 +21,33 @@ from typing import Any
 
 import faust
 import orjson
-import redis.asyncio as aioredis
-from aiohttp import web as aiohttp_web
-from faust.types import TP, EventT, Message, RecordMetadata, TableT
+from faust.types import EventT, Message, RecordMetadata, TableT
 
-from models.cooccurrence import CoocConfig, DecayedValue, pair_increments
+from models.cooccurrence import CoocConfig, DecayedValue
 from models.events import Event, Rejection, RejectReason, decode_event
-from models.features import FeatureConfig, should_sample
-from models.policy import copy_profile
-from models.profile import Profile, ProfileConfig, update
+from models.features import FeatureConfig
+from models.profile import Profile, ProfileConfig
+from models.step import StepConfig, step
 from streams import metrics
 from streams.batches import BACKGROUND_BATCH, batches, release, unsettled
+from streams.clients import faust_app, redis_client
 from streams.codecs import dlq_record
 from streams.cooccurrence import (
     FLUSH_INTERVAL_S,
     CoocRows,
-    PairBatch,
     RelatedItemsStore,
     decode_row,
-    source_id,
     total_key,
 )
 from streams.decisions import DecisionEngine
 from streams.erasure import EXPIRE, FORGET, Eraser
 from streams.faust_internals import (
     acting_for,
-    committed_offset,
-    recovery_completed,
-    set_producer_buffer_limit,
 )
+from streams.gauges import Gauges
 from streams.outcomes import OutcomeTracker
+from streams.pages import add_pages
+from streams.pairs import PairBatch, source_id
 from streams.refetch import Refetcher
 from streams.segmentation import (
     SNAPSHOT_INTERVAL_S,
@@ -60,7 +55,6 @@ from streams.segmentation import (
     SegmentTrainerService,
     SnapshotFollower,
     read_latest_snapshot,
-    snapshot_summary,
     training_record,
 )
 from streams.settings import Settings
@@ -82,18 +76,6 @@ ROCKSDB_OPTIONS = {
 MAX_SAMPLE_AGE_S = 30.0
 #: How often inactive users are looked for (at most; a tenth of the retention if shorter).
 RETENTION_SWEEP_S = 3600.0
-#: How many profiles the segment-size gauge looks at per refresh (an estimate beyond),
-#: and how many between two turns of the event loop (see _refresh_segment_gauges).
-SEGMENT_GAUGE_SAMPLE = 500
-SEGMENT_GAUGE_SLICE = 5
-
-
-def redis_client(settings: Settings) -> aioredis.Redis:
-    """Short timeouts: a dead Redis must fail a decision fast (closed), not stall a stream."""
-    return aioredis.from_url(
-        settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0,
-        health_check_interval=10, retry_on_timeout=False,
-    )
 
 
 class Worker:
@@ -102,7 +84,7 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.profile_config = ProfileConfig(half_life_s=settings.profile_half_life_s)
-        self.app = _faust_app(settings)
+        self.app = faust_app(settings)
         self.topics = settings.topics
         self.refetcher = Refetcher(self.app, settings)
         self._topic_types = {name: t for t, name in self.topics.events.items()}
@@ -118,6 +100,7 @@ class Worker:
         self.profiles.on_recover(self._on_recovered)
         self.redis = redis_client(settings)
         self.cooc_config = CoocConfig()
+        self.step_config = StepConfig(self.profile_config, self.cooc_config, settings.policy)
         self.cooc_topic = self.app.topic(self.topics.cooc_pairs)
         self.cooc_table = self._table("cooc")
         self.cooc_rows = CoocRows(self.cooc_config)
@@ -148,13 +131,14 @@ class Worker:
         self._every(FLUSH_INTERVAL_S, self._flush_related)
         self.app.task(self.segments.run)
         self._every(SNAPSHOT_INTERVAL_S, self._publish_segments)
-        self._every(5.0, self._refresh_gauges)
+        gauges = Gauges(self.app, self.topics, self.profiles, self.cooc_table, self.segments, self.redis)
+        self._every(5.0, gauges.refresh)
         # As often as Faust commits: the lag gauge follows each commit within one interval.
-        self._every(self.app.conf.broker_commit_interval, self._refresh_lag)
-        self._every(30.0, self._refresh_segment_gauges)
+        self._every(self.app.conf.broker_commit_interval, gauges.refresh_lag)
+        self._every(30.0, gauges.refresh_segments)
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
-        self._add_pages()
+        add_pages(self.app, self.segments)
 
     def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
         """Run ``job`` every ``seconds``; a failure is logged and counted, not fatal.
@@ -256,24 +240,21 @@ class Worker:
     def _process(
         self, batch: _Batch, user_key: bytes, event: Event, source: EventT[bytes]
     ) -> bool:
-        """The user-side core steps for one valid event; False for a duplicate."""
-        profile = batch.profile(user_key, self.profiles)
+        """The user-side core step for one valid event; False for a duplicate."""
+        stored = batch.profile(user_key, self.profiles)
         position = source.message.offset
-        source_name = source_id(event.type, source.message.partition, rekeyed=source.message.topic == self.topics.rekeyed)
-        if profile is not None and profile.replayed(source_name, position, event.ts):
+        rekeyed = source.message.topic == self.topics.rekeyed
+        source_name = source_id(event.type, source.message.partition, rekeyed=rekeyed)
+        result = step(stored, event, source_name, position, batch.now, self.step_config)
+        if result.replayed:
             return False  # re-delivered after a crash or rebalance: applied already
-        # update() changes the profile in place; triggers and pairs need the state before.
-        before = copy_profile(profile)
-        profile, applied = update(profile, event, batch.now, self.profile_config)
-        profile.positions[source_name] = position
-        batch.profiles[user_key] = (profile, source)
-        if applied:
-            self.decisions.on_event(before, profile, event, batch.now)
-            increments = pair_increments(before.recent if before else [], event, self.cooc_config)
-            batch.pairs.add(source_name, position, increments, event.category)
-            if should_sample(profile.events):
-                batch.samples.append(self._training_record(profile, batch.now))
-        return applied
+        batch.profiles[user_key] = (result.profile, source)
+        if result.applied:
+            self.decisions.on_triggers(result.profile, result.due, result.later)
+            batch.pairs.add(source_name, position, result.increments, event.category)
+            if result.sample:
+                batch.samples.append(self._training_record(result.profile, batch.now))
+        return result.applied
 
     async def _cooccurrence(self, stream: faust.StreamT[bytes]) -> None:
         """Row owner: every message holds increments for items of its own partition."""
@@ -393,162 +374,6 @@ class Worker:
         )
         return await self.dlq_topic.send(key=message.key, value=record)
 
-    # --- housekeeping --------------------------------------------------------------
-
-    async def _refresh_gauges(self) -> None:
-        metrics.PROFILES.set(len(self.profiles))
-        metrics.COOC_ROWS.set(len(self.cooc_table))
-        await self._check_redis()
-
-    async def _refresh_lag(self) -> None:
-        """Messages past the committed offsets, by topic the agents read.
-
-        A timer of its own: the table sizes above are counted key by key in RocksDB, and
-        a slow or failing count must not leave an old lag on display.
-        """
-        consumer = self.app.consumer
-        # Changelogs are assigned too, but read by the table recovery, never committed.
-        tps = [tp for tp in consumer.assignment() if self.app.topics.acks_enabled_for(tp.topic)]
-        committed: dict[TP, int | None] = {
-            tp: committed_offset(consumer, tp) for tp in tps
-        }
-        # Faust knows no offset for a partition with no commit (or one at offset 0): the
-        # group starts it from the beginning, so the whole partition is behind.
-        unknown = [tp for tp, offset in committed.items() if offset is None]
-        if unknown:
-            committed.update(await consumer.earliest_offsets(*unknown))
-        # Start from zero so partitions lost in a rebalance stop counting here.
-        lag: dict[str, int] = dict.fromkeys(self.topics.events.values(), 0)
-        for tp, offset in committed.items():
-            highwater = consumer.highwater(tp)
-            if offset is None or highwater is None:  # unknown for a moment after an assignment
-                continue
-            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, highwater - offset)
-        for topic, value in lag.items():
-            metrics.CONSUMER_LAG.labels(topic=topic).set(value)
-
-    async def _check_redis(self) -> None:
-        try:
-            await self.redis.ping()
-        except Exception:
-            metrics.REDIS_UP.set(0)
-            metrics.REDIS_ERRORS.labels(operation="ping").inc()
-        else:
-            metrics.REDIS_UP.set(1)
-
-    async def _refresh_segment_gauges(self) -> None:
-        """Users per segment, estimated from up to SEGMENT_GAUGE_SAMPLE local profiles.
-
-        Decoding and assigning a profile costs about 0.2 ms: the sample is small, and the
-        loop gets its turn every SEGMENT_GAUGE_SLICE profiles, so that the events wait
-        for about a millisecond at most (5,000 profiles in one go held them up ~1 s).
-        """
-        snapshot = self.segments.current
-        if snapshot is None:
-            return
-        counts = dict.fromkeys(snapshot.ids, 0)
-        sample = list(itertools.islice(self.profiles.keys(), SEGMENT_GAUGE_SAMPLE))
-        seen = 0
-        now = time.time()
-        for start in range(0, len(sample), SEGMENT_GAUGE_SLICE):
-            for key in sample[start : start + SEGMENT_GAUGE_SLICE]:
-                raw = self.profiles.get(key)  # erased meanwhile: not counted
-                if raw is not None:
-                    counts[self.segments.assign(Profile.from_bytes(raw), now) or 0] += 1
-                    seen += 1
-            await asyncio.sleep(0)
-        scale = len(self.profiles) / seen if seen else 0.0
-        metrics.SEGMENT_USERS.clear()
-        for segment, count in counts.items():
-            metrics.SEGMENT_USERS.labels(segment=str(segment)).set(round(count * scale))
-
-    def _add_pages(self) -> None:
-        app = self.app
-
-        @app.page("/metrics")
-        async def prometheus(web: Any, request: Any) -> Any:
-            return aiohttp_web.Response(
-                body=metrics.exposition(), content_type="text/plain", charset="utf-8"
-            )
-
-        @app.page("/segments")
-        async def segments(web: Any, request: Any) -> Any:
-            """The snapshot in use; with ?vector=x1,x2,... also the segment it assigns."""
-            snapshot = self.segments.current
-            if snapshot is None:
-                return web.json({"version": 0, "warming_up": True})
-            body: dict[str, Any] = orjson.loads(snapshot_summary(snapshot))
-            vector = request.query.get("vector")
-            if vector:
-                body["assigned"] = snapshot.assign([float(x) for x in vector.split(",")])
-            return web.json(body)
-
-        @app.page("/healthz")
-        async def healthz(web: Any, request: Any) -> Any:
-            return web.json({"status": "ok"})
-
-        @app.page("/readyz")
-        async def readyz(web: Any, request: Any) -> Any:
-            ready = app.rebalancing is False and recovery_completed(app)
-            return web.json({"ready": ready}, status=200 if ready else 503)
-
-
-def _faust_app(settings: Settings) -> faust.App:
-    store = "rocksdb://" if settings.store == "rocksdb" else "memory://"
-    app = faust.App(
-        settings.app_id,
-        broker=settings.broker_urls,
-        broker_credentials=_credentials(settings),
-        store=store,
-        datadir=str(settings.data_dir),
-        autodiscover=False,
-        web_enabled=True,
-        # Bind where configured; advertise the host name, so each worker has its own URL.
-        web_bind=settings.web_host,
-        web_host=socket.gethostname(),
-        web_port=settings.web_port,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication,
-        key_serializer="raw",
-        value_serializer="raw",
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        processing_guarantee=settings.processing_guarantee,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 10),
-        table_standby_replicas=0,
-        web_in_thread=False,
-        # aiokafka keeps one request in flight per broker and waits, message by message,
-        # for a full batch of a partition to be sent: with Faust's 16 KiB, a few 1 KiB
-        # profile writes fill it and hold every other write up for a round trip.
-        producer_max_batch_size=settings.producer_max_batch_bytes,
-    )
-
-    async def raise_producer_buffer_limit() -> None:
-        # Table writes queue in Faust's ProducerBuffer; past max_messages (100) the
-        # conductor waits for it to drain before it hands *any* stream its next message
-        # ("producer buffer full"): under load that stopped the worker for 40 % of the
-        # time (docs/BENCHMARKS.md). The buffer is still drained before every commit.
-        set_producer_buffer_limit(app, settings.producer_buffer_max_messages)
-
-    app.task(raise_producer_buffer_limit)
-    return app
-
-
-def _credentials(settings: Settings) -> Any:
-    """Faust's form of the same security settings the aiokafka clients use."""
-    kwargs = settings.aiokafka_kwargs()
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    if protocol == "SSL":
-        return faust.SSLCredentials(kwargs["ssl_context"])
-    return faust.SASLCredentials(
-        username=settings.kafka_sasl_username,
-        password=settings.kafka_sasl_password,
-        mechanism=settings.kafka_sasl_mechanism,
-        ssl_context=kwargs.get("ssl_context"),
-    )
 
 
 @dataclass

@@ -231,7 +231,7 @@ def _forget(args: argparse.Namespace) -> int:
 
 def _related(args: argparse.Namespace) -> int:
     from models.cooccurrence import CoocConfig
-    from streams.app import redis_client
+    from streams.clients import redis_client
     from streams.cooccurrence import RelatedItemsStore
 
     settings = load_settings()

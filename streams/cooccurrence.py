@@ -1,9 +1,7 @@
 """Co-occurrence in the stream: pair increments, item-partitioned rows, Redis serving.
 
-* The ingest agent (partitioned by user) turns each applied event into row increments
-  (:func:`models.cooccurrence.pair_increments`) and sends them to ``cooc.pairs``,
-  **grouped by the partition of each item** (the standard murmur2 partitioner), so one
-  event costs one message per partition touched rather than one per item.
+* The ingest agent (partitioned by user) sends each applied event's row increments to
+  ``cooc.pairs``, one message per item partition (the wire format: :mod:`streams.pairs`).
 * The ``cooc`` agent owns the rows of its partitions in a changelog-backed table and
   marks changed rows dirty. Every message holds only items of its partition, so a row's
   changelog partition is always its item's partition and recovery puts it back on the
@@ -12,20 +10,10 @@
   occurrence counts and the total, which other partitions own: all of that is shared
   through Redis) and their top-K related items are written to Redis in two pipelined
   round trips. Popularity (the cold-start fallback) is the rows' own decayed occurrence
-  count, kept in a Redis sorted set.
+  count (:func:`models.popularity.popularity_score`), kept in Redis sorted sets.
 
-Redis layout (prefix ``<app_id>:``; TTLs refresh at every write):
-
-=================================  ===========  ==============================================
-key                                type         value
-=================================  ===========  ==============================================
-``related:<item_id>``              string       JSON ``[[item_id, score], ...]`` best first (7 d)
-``cooc:counts``                    hash         item_id -> ``"<count>,<as-of ts>"``
-``cooc:totals``                    hash         partition -> ``"<total>,<as-of ts>"``
-``popular``                        sorted set   item_id -> log2(count) + ts / half-life (top 5,000)
-``popular:cat:<category>``         sorted set   the same, per item category (top 500)
-``item:category``                  hash         item_id -> category
-=================================  ===========  ==============================================
+The Redis keys (``related:``, ``cooc:``, ``popular``, ``item:category``) are laid out
+in :mod:`streams.keys`.
 """
 
 from __future__ import annotations
@@ -36,23 +24,22 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from aiokafka.partitioner import murmur2
 
+from models.candidates import CandidateData, Needs
 from models.cooccurrence import (
-    ENCODING_VERSION,
     CoocConfig,
     DecayedValue,
-    Increment,
     Row,
     score_row,
 )
-from models.events import EventType
-from models.policy import CandidateData, Needs
+from models.popularity import POPULAR_KEPT, POPULAR_KEPT_PER_CATEGORY, popularity_score
 from streams import metrics
+from streams.keys import RedisKeys
+from streams.pairs import PairEntry, decode_pairs
 
 log = logging.getLogger(__name__)
 
@@ -62,107 +49,12 @@ MAX_ROWS_PER_FLUSH = 2000
 #: Rows scored between two yields to the event loop (about 2 ms of scoring).
 ROWS_BETWEEN_YIELDS = 50
 RELATED_TTL_S = 7 * 86400
-POPULAR_KEPT = 5000
-POPULAR_KEPT_PER_CATEGORY = 500
 TOTAL_KEY_PREFIX = b"\x00total:"
 #: Popular lists kept in process (the overall one and one per category read).
 POPULAR_CACHE_LISTS = 4096
 
 #: A ranked list: (item_id, score), best first.
 Ranked = list[tuple[str, float]]
-#: Version 2 messages carry each event's source and position (version 1 did not).
-PAIRS_ENCODING_VERSION = 2
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition the standard (murmur2) partitioner gives ``key``."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-class PairEntry(NamedTuple):
-    """The increments one event sends to one item partition, with where the event was."""
-
-    #: The user-side stream partition of the event (:func:`source_id`); ``None`` for
-    #: entries of the version-1 format, which carried no position (never deduplicated).
-    source: str | None
-    position: int
-    #: The category of the event's own item, when its occurrence increment is here.
-    category: str | None
-    increments: list[Increment]
-
-
-class PairBatch:
-    """The pair increments of one batch of events, one message per item partition.
-
-    Increments go to the partition of their item (the standard murmur2 partitioner), so
-    a batch costs one message per partition touched rather than one per event or item.
-    Each event's increments keep its source and position: the row owner applies them
-    at most once per row (:meth:`models.cooccurrence.Row.applied`), which makes a replay
-    of the batch harmless.
-    """
-
-    def __init__(self, partitions: int) -> None:
-        self.partitions = partitions
-        self._entries: dict[int, list[bytes]] = {}
-
-    def add(
-        self, source: str, position: int, increments: Iterable[Increment], category: str | None
-    ) -> None:
-        grouped: dict[int, list[bytes]] = {}
-        own: int | None = None
-        for increment in increments:
-            partition = partition_of(increment.item_id.encode(), self.partitions)
-            grouped.setdefault(partition, []).append(increment.to_bytes())
-            if increment.occurrences:
-                own = partition
-        for partition, parts in grouped.items():
-            head = orjson.dumps([source, position, category if partition == own else None])
-            entry = head[:-1] + b",[" + b",".join(parts) + b"]]"
-            self._entries.setdefault(partition, []).append(entry)
-
-    def messages(self) -> dict[int, bytes]:
-        """Message values by item partition: ``[2, [[source, position, category, [increment, ...]], ...]]``."""
-        return {
-            p: b"[" + str(PAIRS_ENCODING_VERSION).encode() + b",[" + b",".join(entries) + b"]]"
-            for p, entries in self._entries.items()
-        }
-
-
-def decode_pairs(raw: bytes) -> list[PairEntry]:
-    """Inverse of :meth:`PairBatch.messages` (one parse for the whole message).
-
-    Also reads the version-1 form ``[category, [increment, ...]]`` that workers wrote
-    before rows were deduplicated, so a rolling upgrade loses nothing on the topic.
-    """
-    data = orjson.loads(raw)
-    if data[0] == PAIRS_ENCODING_VERSION:
-        return [PairEntry(s, p, c, _increments(incs)) for s, p, c, incs in data[1]]
-    if data[0] is None or isinstance(data[0], str):
-        return [PairEntry(None, -1, data[0], _increments(data[1]))]
-    raise ValueError(f"unsupported pairs encoding {data[0]!r}")
-
-
-def _increments(encoded: Iterable[Any]) -> list[Increment]:
-    out = []
-    for version, item_id, ts, occurrences, neighbours in encoded:
-        if version != ENCODING_VERSION:
-            raise ValueError(f"unsupported increment encoding {version!r}")
-        out.append(Increment(item_id, ts, occurrences, tuple((k, w) for k, w in neighbours)))
-    return out
-
-
-#: The source letter of the re-keyed events' topic (unlike any event type's initial).
-REKEYED_SOURCE = "r"
-
-
-def source_id(event_type: EventType, partition: int, *, rekeyed: bool = False) -> str:
-    """A short, stable name of an event-topic partition: ``v3`` is ``events.view`` partition 3.
-
-    Stored in every profile and row that a source touched, so it is kept short. The
-    re-keyed events (``ingest.rekeyed``, every type in one offset sequence) are ``r3``.
-    """
-    return f"{REKEYED_SOURCE if rekeyed else event_type.value[0]}{partition}"
-
 
 def encode_decayed(value: DecayedValue) -> bytes:
     return f"{value.value!r},{value.ts!r}".encode()
@@ -232,24 +124,14 @@ class RelatedItemsStore:
     def __init__(
         self,
         redis: aioredis.Redis,
-        prefix: str,
+        app_id: str,
         config: CoocConfig,
         popular_cache: PopularCache | None = None,
     ) -> None:
         self.redis = redis
-        self.prefix = prefix
+        self.keys = RedisKeys.of_app(app_id)
         self.config = config
         self.popular_cache = popular_cache or PopularCache()
-        self.counts_key = f"{prefix}:cooc:counts"
-        self.totals_key = f"{prefix}:cooc:totals"
-        self.popular_key = f"{prefix}:popular"
-        self.category_key = f"{prefix}:item:category"
-
-    def popular_in_key(self, category: str) -> str:
-        return f"{self.popular_key}:cat:{category}"
-
-    def related_key(self, item_id: str) -> str:
-        return f"{self.prefix}:related:{item_id}"
 
     async def publish(
         self,
@@ -262,15 +144,15 @@ class RelatedItemsStore:
         neighbours = sorted({n for row in rows.values() for n in row.neighbours.weights})
         async with self.redis.pipeline(transaction=False) as pipe:
             if rows:
-                pipe.hset(self.counts_key, mapping={i: encode_decayed(r) for i, r in rows.items()})
+                pipe.hset(self.keys.cooc_counts, mapping={i: encode_decayed(r) for i, r in rows.items()})
             if totals:
-                pipe.hset(self.totals_key, mapping={str(p): encode_decayed(t) for p, t in totals.items()})
-            pipe.hmget(self.counts_key, neighbours) if neighbours else pipe.echo("")
-            pipe.hgetall(self.totals_key)
+                pipe.hset(self.keys.cooc_totals, mapping={str(p): encode_decayed(t) for p, t in totals.items()})
+            pipe.hmget(self.keys.cooc_counts, neighbours) if neighbours else pipe.echo("")
+            pipe.hgetall(self.keys.cooc_totals)
             if categories:
                 category_map: dict[Any, Any] = dict(categories)
-                pipe.hset(self.category_key, mapping=category_map)
-            pipe.hmget(self.category_key, list(rows)) if rows else pipe.echo("")
+                pipe.hset(self.keys.item_category, mapping=category_map)
+            pipe.hmget(self.keys.item_category, list(rows)) if rows else pipe.echo("")
             *_, raw_counts, raw_totals, _, raw_categories = await pipe.execute()
         item_categories = {
             item: _text(c) for item, c in zip(rows, raw_categories or [], strict=False) if c
@@ -288,17 +170,17 @@ class RelatedItemsStore:
                     # slices, so a flush delays an event by milliseconds, not a whole flush.
                     await asyncio.sleep(0)
                 related = score_row(row, now, counts, max(total, 1.0), self.config)
-                pipe.set(self.related_key(item_id), orjson.dumps(related), ex=RELATED_TTL_S)
+                pipe.set(self.keys.related(item_id), orjson.dumps(related), ex=RELATED_TTL_S)
                 own = row.at(now, half_life)
                 if own > 0:
                     score = {item_id: popularity_score(own, now, half_life)}
-                    pipe.zadd(self.popular_key, score)
+                    pipe.zadd(self.keys.popular, score)
                     if item_id in item_categories:
-                        pipe.zadd(self.popular_in_key(item_categories[item_id]), score)
+                        pipe.zadd(self.keys.popular_in(item_categories[item_id]), score)
             # Keep the popularity sets bounded: only the head is ever read.
-            pipe.zremrangebyrank(self.popular_key, 0, -POPULAR_KEPT - 1)
+            pipe.zremrangebyrank(self.keys.popular, 0, -POPULAR_KEPT - 1)
             for category in set(item_categories.values()):
-                pipe.zremrangebyrank(self.popular_in_key(category), 0, -POPULAR_KEPT_PER_CATEGORY - 1)
+                pipe.zremrangebyrank(self.keys.popular_in(category), 0, -POPULAR_KEPT_PER_CATEGORY - 1)
             await pipe.execute()
         self.popular_cache.clear()
         return len(rows)
@@ -320,7 +202,7 @@ class RelatedItemsStore:
         }
         missing = [key for key in lengths if key not in lists]
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.mget([self.related_key(i) for i in items])
+            pipe.mget([self.keys.related(i) for i in items])
             for key in missing:
                 pipe.zrevrange(key, 0, lengths[key] - 1, withscores=True)
             raw_related, *raw_popular = await pipe.execute()
@@ -334,7 +216,7 @@ class RelatedItemsStore:
         """The keys of the popular lists a batch reads, with the longest length needed."""
         lengths: dict[str, int] = {}
         for need in wanted:
-            for key in (self.popular_key, *map(self.popular_in_key, need.categories)):
+            for key in (self.keys.popular, *map(self.keys.popular_in, need.categories)):
                 lengths[key] = max(lengths.get(key, 0), need.n_popular)
         return lengths
 
@@ -346,19 +228,19 @@ class RelatedItemsStore:
         n = need.n_popular
         return CandidateData(
             related={item: related[item] for item in need.related_items},
-            popular=lists[self.popular_key][:n],
-            popular_by_category={c: lists[self.popular_in_key(c)][:n] for c in need.categories},
+            popular=lists[self.keys.popular][:n],
+            popular_by_category={c: lists[self.keys.popular_in(c)][:n] for c in need.categories},
         )
 
     async def related(self, item_ids: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
         """Related items of several items in one round trip (missing: empty list)."""
         if not item_ids:
             return {}
-        raws = await self.redis.mget([self.related_key(i) for i in item_ids])
+        raws = await self.redis.mget([self.keys.related(i) for i in item_ids])
         return {item_id: _related_list(raw) for item_id, raw in zip(item_ids, raws, strict=True)}
 
     async def popular(self, n: int) -> list[tuple[str, float]]:
-        ranked: list[Any] = await self.redis.zrevrange(self.popular_key, 0, n - 1, withscores=True)
+        ranked: list[Any] = await self.redis.zrevrange(self.keys.popular, 0, n - 1, withscores=True)
         return _ranked(ranked)
 
 
@@ -373,15 +255,6 @@ def _ranked(reply: Iterable[tuple[Any, Any]]) -> Ranked:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def popularity_score(count: float, ts: float, half_life_s: float) -> float:
-    """A time-invariant rank of a decayed count: log2(count) + ts / half-life.
-
-    Decay multiplies every count by the same factor, so ranking by the count seen at
-    its own time, shifted by elapsed half-lives, equals ranking by the count now.
-    """
-    return math.log2(count) + ts / half_life_s
 
 
 class CoocRows:

@@ -2,8 +2,8 @@
 
 Runs inside the user-partitioned worker, after the profile update:
 
-1. :func:`models.policy.triggers_for` turns the event into triggers. An immediate one
-   is queued with a copy of the profile and decided when the ingest agent ends its batch
+1. The ingest agent's step (:func:`models.step.step`) gives the event's triggers. An
+   immediate one is queued with the profile (never changed later) and decided when the ingest agent ends its batch
    (:meth:`DecisionEngine.flush`); a delayed one ("no buy within N minutes", or a
    decision deferred by quiet hours) goes to ``notifications.deferred`` (keyed by user,
    co-partitioned with the events) and from there into the changelog-backed ``pending``
@@ -14,17 +14,19 @@ Runs inside the user-partitioned worker, after the profile update:
    items, popular items overall and per category) is fetched from Redis in **one
    pipelined round trip**; popular lists, which change only when related items are
    published, are kept in process for that long (:class:`streams.cooccurrence.PopularCache`).
-3. :func:`models.policy.decide` picks the items; a trigger that finds none (cold start)
-   is audited on ``notifications.suppressed`` as ``no_candidates``, with no items.
+3. :func:`models.candidates.decide` picks the items; a trigger that finds none (cold
+   start) is audited on ``notifications.suppressed`` as ``no_candidates``, with no items
+   (:func:`models.routing.unfilled`).
 4. The Redis limiter checks and records each push atomically, all of a batch in one
    call (:meth:`streams.limiter.RedisLimiter.check_many`, in event order); it fails
    closed. A push deferred by quiet hours is decided again when they end (spread over
    ``release_spread_s`` so a night's pushes do not all leave at 08:00:00).
 5. An allowed decision is published to ``notifications.push``; once the broker has
    acknowledged it (awaited beside the stream, not in it) the limiter marks it published — unless the user is in the control
-   group (:func:`models.policy.in_holdout`, drawn after the limits so that control users
+   group (:func:`models.routing.in_holdout`, drawn after the limits so that control users
    face the same limits as the others); suppressed, deferred and holdout decisions go to
-   ``notifications.suppressed`` with their reason.
+   ``notifications.suppressed`` with their reason. Where a verdict sends a decision is
+   :func:`models.routing.route`, the function the offline replay calls too.
 
 Effectively once: the decision id is a hash of (trigger, triggering event id), so an
 event replayed after a crash re-makes the *same* decision. The limiter returns its
@@ -47,27 +49,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TableT
 
+from models.candidates import decide, needs
+from models.decision import Decision, Outcome
 from models.encoding import compact
-from models.events import Event
-from models.limits import LimitResult, Verdict
-from models.policy import (
-    HOLDOUT,
-    NO_CANDIDATES,
-    QUIET_HOURS,
-    Decision,
-    Outcome,
-    Trigger,
-    copy_profile,
-    decide,
-    in_holdout,
-    needs,
-    release_at,
-    still_valid,
-    triggers_for,
-    without_candidates,
-)
+from models.limits import Verdict
+from models.policy import Trigger, still_valid
 from models.profile import Profile
-from models.segments import Segment
+from models.routing import Route, in_holdout, route, segment_of, unfilled
 from streams import metrics
 from streams.cooccurrence import RelatedItemsStore
 from streams.limiter import RedisLimiter
@@ -89,7 +77,7 @@ Due = tuple[Trigger, Profile]
 class DecisionEngine:
     """The decision path of one worker.
 
-    The ingest agent calls :meth:`on_event` per event and :meth:`flush` per batch; the
+    The ingest agent calls :meth:`on_triggers` per event and :meth:`flush` per batch; the
     ``deferred`` agent calls :meth:`on_deferred` per message, which decides at once
     (through the same path) rather than joining the ingest batch: a decision's sends
     belong to the stream that caused it.
@@ -148,14 +136,12 @@ class DecisionEngine:
 
     # --- from the ingest agent ---------------------------------------------------------
 
-    def on_event(self, before: Profile | None, profile: Profile, event: Event, now: float) -> None:
-        """Queue the event's triggers for :meth:`flush`."""
-        for trigger in triggers_for(before, profile, event, self.policy):
-            if trigger.due_at <= now:
-                # Later events of the batch update ``profile`` in place.
-                self._due.append((trigger, _frozen(profile)))
-            else:
-                self._waiting.append(trigger)
+    def on_triggers(
+        self, profile: Profile, due: Sequence[Trigger], later: Sequence[Trigger]
+    ) -> None:
+        """Queue an event's triggers (:class:`models.step.Step`) for :meth:`flush`."""
+        self._due.extend((trigger, profile) for trigger in due)
+        self._waiting.extend(later)
 
     async def flush(self, now: float) -> None:
         """Hold the queued delayed triggers and decide the immediate ones."""
@@ -227,11 +213,17 @@ class DecisionEngine:
         requests = [decision.limit_request(profile.tz) for (_, profile), decision in decided]
         results = await self.limiter.check_many(requests)
         for ((trigger, _), decision), result in zip(decided, results, strict=True):
-            await self._act(trigger, decision, result)
+            if result.verdict is Verdict.ALLOWED and self.on_allowed is not None:
+                # Replays too: the record of a decision published before a crash may be lost.
+                holdout = in_holdout(decision.user_id, self.policy.holdout_percent, self.policy.holdout_salt)
+                self.on_allowed(trigger, decision.restricted_to(result.items), holdout)
+            routed = route(trigger, decision, result, self.policy)
+            if routed is not None:
+                await self._act(routed)
 
     async def _decide(self, due: Sequence[Due], now: float) -> list[tuple[Due, Decision]]:
         """The triggers that led to a decision, with it, in the order of ``due``."""
-        segments = [self._segment(profile, now) for _, profile in due]
+        segments = [segment_of(self.segments.current, profile, now) for _, profile in due]
         wanted = [
             needs(trigger, profile, self.policy, info)
             for (trigger, profile), (_, info) in zip(due, segments, strict=True)
@@ -248,47 +240,29 @@ class DecisionEngine:
         for (trigger, profile), (segment, info), candidates in zip(due, segments, data, strict=True):
             decision = decide(trigger, profile, candidates, segment, info, now, self.policy)
             if decision is None:
-                await self._audit_no_candidates(trigger, segment, now)
+                await self._act_unfilled(trigger, segment, now)
             else:
                 decided.append(((trigger, profile), decision))
         return decided
 
-    async def _audit_no_candidates(self, trigger: Trigger, segment: int | None, now: float) -> None:
+    async def _act_unfilled(self, trigger: Trigger, segment: int | None, now: float) -> None:
         """A trigger that found nothing (cold start) is audited too, with no items."""
-        unfilled = without_candidates(trigger, segment, now, self.policy)
-        if unfilled is None:  # expired while it waited: nothing was decided
+        routed = unfilled(trigger, segment, now, self.policy)
+        if routed is None:  # expired while it waited: nothing was decided
             metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="expired").inc()
             return
-        await self._audit(unfilled, Outcome.NO_CANDIDATES, NO_CANDIDATES)
+        await self._act(routed)
 
-    def _segment(self, profile: Profile, now: float) -> tuple[int | None, Segment | None]:
-        """The user's segment and its description in the current snapshot."""
-        snapshot = self.segments.current
-        segment = self.segments.assign(profile, now)
-        info = next((s for s in snapshot.segments if s.id == segment), None) if snapshot else None
-        return segment, info
-
-    async def _act(self, trigger: Trigger, decision: Decision, result: LimitResult) -> None:
-        if result.verdict is Verdict.ALLOWED:
-            holdout = in_holdout(decision.user_id, self.policy.holdout_percent, self.policy.holdout_salt)
-            if self.on_allowed is not None:
-                # Replays too: the record of a decision published before a crash may be lost.
-                self.on_allowed(trigger, decision.restricted_to(result.items), holdout)
-            if result.replayed and result.published:
-                return  # published before a crash: never twice
-            if holdout:
-                await self._audit(decision, Outcome.HOLDOUT, HOLDOUT)
-                return
-            await self._publish(decision.restricted_to(result.items))
-        elif result.verdict is Verdict.DEFERRED:
-            assert result.defer_until is not None
-            release = release_at(decision.user_id, result.defer_until, self.policy)
-            await self._wait(trigger.deferred_to(release))
-            await self._audit(decision, Outcome.DEFERRED, QUIET_HOURS)
-        else:
-            reason = result.reason.value if result.reason else "unknown"
-            metrics.SUPPRESSED.labels(reason=reason).inc()
-            await self._audit(decision, Outcome.SUPPRESSED, reason)
+    async def _act(self, routed: Route) -> None:
+        if routed.outcome is None:
+            await self._publish(routed.decision)
+            return
+        assert routed.reason is not None  # route() gives every unsent decision a reason
+        if routed.retry is not None:
+            await self._wait(routed.retry)
+        if routed.outcome is Outcome.SUPPRESSED:
+            metrics.SUPPRESSED.labels(reason=routed.reason).inc()
+        await self._audit(routed.decision, routed.outcome, routed.reason)
 
     async def _publish(self, decision: Decision) -> None:
         record = orjson.dumps(decision.to_dict())
@@ -351,13 +325,6 @@ async def published_decisions(
     finally:
         await consumer.stop()
     return found
-
-
-def _frozen(profile: Profile) -> Profile:
-    """A copy of ``profile`` that later updates leave alone."""
-    copied = copy_profile(profile)
-    assert copied is not None  # only None is copied to None
-    return copied
 
 
 def entry_id(trigger: Trigger) -> str:

@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TableT
 
 from models.profile import Profile
+from streams.keys import RedisKeys
 from streams.limiter import RedisLimiter
 from streams.settings import Settings
 
@@ -42,10 +43,6 @@ EXPIRE = "expire"
 ACK_TTL_S = 3600
 #: Profiles looked at per retention sweep (bounds the time a sweep holds the event loop).
 SWEEP_LIMIT = 20_000
-
-
-def ack_key(app_id: str, request_id: str) -> str:
-    return f"{app_id}:forgotten:{request_id}"
 
 
 class Eraser:
@@ -75,7 +72,7 @@ class Eraser:
             return
         removed = self._delete(key)
         await self.redis.set(
-            ack_key(self.settings.app_id, message["request"]), orjson.dumps(removed), ex=ACK_TTL_S
+            RedisKeys.of_app(self.settings.app_id).forgotten(message["request"]), orjson.dumps(removed), ex=ACK_TTL_S
         )
 
     def _delete(self, key: bytes) -> dict[str, bool]:
@@ -116,7 +113,7 @@ async def forget_user(settings: Settings, user_id: str, timeout_s: float = 60.0)
         command = orjson.dumps({"kind": FORGET, "request": request_id})
         await producer.send_and_wait(settings.topics.deferred, command, key=user_id.encode())
         deadline = time.monotonic() + timeout_s
-        while (ack := await redis.get(ack_key(settings.app_id, request_id))) is None:
+        while (ack := await redis.get(RedisKeys.of_app(settings.app_id).forgotten(request_id))) is None:
             if time.monotonic() > deadline:
                 raise TimeoutError("no worker acknowledged the erasure (is a worker running?)")
             await asyncio.sleep(0.2)

@@ -5,18 +5,8 @@
 Verdicts are identical to :class:`models.limits.Limiter` for the same sequence of
 requests (``tests/limits_cases.py`` runs on both).
 
-Keys (``prefix`` is e.g. ``"nudgestream:"``; ``{user}`` is a Redis Cluster hash tag, so
-one user's keys share a slot and one script can touch them all):
-
-===================================  ====================================  ==================
-key                                  content                               expires after
-===================================  ====================================  ==================
-``<prefix>rl:{<user>}:pushes``       sorted set decision_id -> push time   ``retention_s``
-``<prefix>rl:{<user>}:items``        sorted set item_id -> last push time  ``item_cooldown_s``
-``<prefix>rl:{<user>}:records``      hash decision_id -> verdict (JSON)    ``decision_ttl_s``
-``<prefix>rl:{<user>}:decided``      sorted set decision_id -> check time  ``decision_ttl_s``
-``<prefix>rl:global``                hash tokens, ts (the send budget)     once refilled
-===================================  ====================================  ==================
+Keys: the ``rl:`` keys of :mod:`streams.keys` (``prefix`` is e.g. ``"nudgestream:"``);
+one user's keys share a Redis Cluster slot, so one script can touch them all.
 
 Expiry times are refreshed on every write; entries inside a key are pruned by the
 script on each check of the user. The global budget key lives in another slot, so a
@@ -39,7 +29,6 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
@@ -60,6 +49,7 @@ from models.limits import (
     timing,
 )
 from streams import metrics
+from streams.keys import RedisKeys
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +74,6 @@ class _Budget(StrEnum):
     REFUSED = "refused"
 
 
-@dataclass(frozen=True, slots=True)
-class UserKeys:
-    pushes: str
-    items: str
-    records: str
-    decided: str
-
-    @classmethod
-    def of(cls, prefix: str, user_id: str) -> UserKeys:
-        base = f"{prefix}rl:{{{user_id}}}:"
-        return cls(base + "pushes", base + "items", base + "records", base + "decided")
-
-    def all(self) -> tuple[str, str, str, str]:
-        return self.pushes, self.items, self.records, self.decided
-
-
 #: One EVALSHA: (keys, args).
 _Call = tuple[Sequence[str], Sequence[str]]
 
@@ -117,11 +91,8 @@ class RedisLimiter:
         timeout_s: float = 0.5,
         max_connections: int = 16,
     ) -> None:
-        if "{" in prefix or "}" in prefix:
-            raise ValueError("the key prefix must not contain braces (they are hash tags)")
+        self.keys = RedisKeys(prefix)
         self.config = config or LimitConfig()
-        self.prefix = prefix
-        self.bucket_key = f"{prefix}rl:global"
         # A bounded pool whose callers wait at most timeout_s for a connection: a burst
         # of tasks shares a few connections (opening hundreds at once costs the event
         # loop more than the connect timeout), and connections stuck on a stalled server
@@ -193,7 +164,7 @@ class RedisLimiter:
         (counted as a Redis error): a crash before the next check of the same decision
         may then publish it twice, and consumers drop the copy by decision_id.
         """
-        keys = UserKeys.of(self.prefix, user_id)
+        keys = self.keys.user_limits(user_id)
         args = ["publish", decision_id, repr(float(now)), repr(float(self.config.decision_ttl_s))]
         [reply] = await self._evalsha_all("limiter_publish", [((keys.records, keys.decided), args)])
         return bool(reply == 1)
@@ -205,7 +176,7 @@ class RedisLimiter:
         request is never reported done when it was not.
         """
         try:
-            removed: int = await self._client.delete(*UserKeys.of(self.prefix, user_id).all())
+            removed: int = await self._client.delete(*self.keys.user_limits(user_id).all())
         except (RedisError, OSError) as exc:
             self._observe("limiter_forget", [exc])
             raise LimiterUnavailableError(f"cannot erase limiter keys: {exc}") from exc
@@ -235,11 +206,11 @@ class RedisLimiter:
             replies[i] = final
             unused += budget is _Budget.GRANTED and _token_unused(final)
         if unused:
-            refund = ((self.bucket_key,), ["refund", str(self.config.global_burst)])
+            refund = ((self.keys.limiter_budget,), ["refund", str(self.config.global_burst)])
             await self._evalsha_all("limiter_budget", [refund] * unused)
 
     def _check_call(self, request: LimitRequest, when: Timing, budget: _Budget) -> _Call:
-        keys = UserKeys.of(self.prefix, request.user_id).all()
+        keys = self.keys.user_limits(request.user_id).all()
         defer_until = "" if when.defer_until is None else repr(when.defer_until)
         args = [
             "check",
@@ -264,7 +235,7 @@ class RedisLimiter:
             str(c.global_burst),
             _flag(request.transactional),
         ]
-        return (self.bucket_key,), args
+        return (self.keys.limiter_budget,), args
 
     async def _evalsha_all(self, operation: str, calls: Sequence[_Call]) -> list[Any]:
         """Run the script once per call in one round trip; failures come back as exceptions."""

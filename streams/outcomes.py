@@ -32,9 +32,10 @@ from faust.streams import current_event
 from faust.types import EventT, Message, RecordMetadata, TableT
 
 from models.decided import KEEP_S, MAX_DECISIONS, DecidedPush, DecisionLog, Group
+from models.decision import Decision
 from models.events import Rejection, RejectReason
 from models.outcomes import DEFAULT_MAX_OUTCOME_BYTES, OutcomeKind, decode_outcome
-from models.policy import Decision, Trigger
+from models.policy import Trigger
 from streams import metrics
 from streams.batches import BACKGROUND_BATCH, batches
 from streams.faust_internals import acting_for

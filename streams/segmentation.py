@@ -27,6 +27,7 @@ from models.features import FeatureConfig, profile_vector
 from models.profile import Profile
 from models.segments import CheckpointError, SegmentSnapshot, SegmentTrainer
 from streams import metrics
+from streams.keys import RedisKeys
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class SegmentTrainerService:
 
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self.checkpoint_key = f"{settings.app_id}:segments:checkpoint"
+        self.checkpoint_key = RedisKeys.of_app(settings.app_id).segments_checkpoint
         self.trainer: SegmentTrainer | None = None
         self.last_published = 0
         # learn_one and the snapshot (in a thread) must not interleave.

@@ -23,7 +23,7 @@ import orjson
 from faust.types import EventT, RecordMetadata
 
 from load.bench.common import peer_app_id
-from streams.app import _credentials
+from streams.clients import credentials
 from streams.settings import Settings, load
 
 #: The batch bounds of the peer: Faust's own batching API, as the issue's peer uses it.
@@ -37,7 +37,7 @@ def build_app(settings: Settings, sink: str, expected: int, result: Path) -> fau
     app = faust.App(
         peer_app_id(settings),
         broker=settings.broker_urls,
-        broker_credentials=_credentials(settings),
+        broker_credentials=credentials(settings),
         store="memory://",
         datadir=str(datadir),
         autodiscover=False,

@@ -62,7 +62,7 @@ async def test_pairs_reach_the_table_and_redis_serves_the_neighbours(deployment:
     popular = [item for item, _ in await store.popular(4)]
     assert set(popular) == {"phone", "case", "kettle", "mug"}
     assert popular.index("phone") < popular.index("kettle")
-    in_kitchen = await client.zrevrange(store.popular_in_key("kitchen"), 0, -1)
+    in_kitchen = await client.zrevrange(store.keys.popular_in("kitchen"), 0, -1)
     assert {m.decode() for m in in_kitchen} == {"kettle", "mug"}
     await client.aclose()
 

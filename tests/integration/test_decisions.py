@@ -5,6 +5,7 @@ closed and recover."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -23,15 +24,18 @@ from referencing import Registry, Resource
 
 from load import services
 from models.cooccurrence import CoocConfig
+from models.decision import AUDIT_SCHEMA_VERSION
 from models.events import Event, EventType
 from models.limits import LimitRequest, LimitResult
-from models.policy import AUDIT_SCHEMA_VERSION, copy_profile
-from models.profile import Profile, ProfileConfig, update
+from models.policy import Trigger, TriggerKind
+from models.profile import Profile
+from models.step import StepConfig, step
 from streams import settings
 from streams.cooccurrence import PopularCache, RelatedItemsStore
 from streams.decisions import DecisionEngine
 from streams.segmentation import SnapshotFollower
 from tests.conftest import PROJECT_ROOT
+from tests.decision_cases import CASES, POPULAR, RELATED, Case, Expect
 from tests.integration.conftest import Deployment, WorkerProcess, decode_json, produce, read_topic
 from tests.integration.test_reliability import forget_redis_keys, new_deployment
 
@@ -221,8 +225,8 @@ async def test_the_triggers_of_a_batch_share_one_candidate_read_and_one_limiter_
     # p4 is the best related item of p1 and of p2.
     related = {"p1": [["p4", 5.0], ["p3", 1.0]], "p2": [["p4", 5.0], ["p6", 1.0]], "p6": [["p5", 1.0]]}
     for item, ranked in related.items():
-        await client.set(store.related_key(item), orjson.dumps(ranked))
-    for key in (store.popular_key, store.popular_in_key("phones")):
+        await client.set(store.keys.related(item), orjson.dumps(ranked))
+    for key in (store.keys.popular, store.keys.popular_in("phones")):
         await client.zadd(key, {"p3": 3.0, "p5": 2.0, "p6": 1.0})
     app = faust.App(f"{prefix}-app", broker=config.broker_urls, autodiscover=False, web_enabled=False)
     engine = DecisionEngine(app, config, store, SnapshotFollower(config), app.Table("pending"))
@@ -235,15 +239,15 @@ async def test_the_triggers_of_a_batch_share_one_candidate_read_and_one_limiter_
 
     monkeypatch.setattr(engine.limiter, "check_many", counted)
     profiles: dict[str, Profile | None] = {}
+    steps, positions = StepConfig(policy=config.policy), itertools.count()
 
     async def batch(events: list[Event]) -> list[list[str]]:
         """What the ingest agent does with a batch; the Redis writes of its candidate read."""
         now = time.time()
         for event in events:
-            before = copy_profile(profiles.get(event.user_id))
-            profile, _ = update(profiles.get(event.user_id), event, now, ProfileConfig())
-            profiles[event.user_id] = profile
-            engine.on_event(before, profile, event, now)
+            result = step(profiles.get(event.user_id), event, "v0", next(positions), now, steps)
+            profiles[event.user_id] = result.profile
+            engine.on_triggers(result.profile, result.due, result.later)
         await client.ping()  # the connection is open: only the candidate read is counted
         CountingConnection.writes.clear()
         await engine.flush(now)
@@ -270,7 +274,7 @@ async def test_the_triggers_of_a_batch_share_one_candidate_read_and_one_limiter_
     finally:
         await engine.limiter.aclose()
         await app.producer.stop()
-        await client.delete(*map(store.related_key, related), store.popular_key, store.popular_in_key("phones"))
+        await client.delete(*map(store.keys.related, related), store.keys.popular, store.keys.popular_in("phones"))
         await client.aclose()
 
     async def of_ours(topic: str) -> dict[str, list[dict[str, Any]]]:
@@ -313,3 +317,61 @@ async def test_without_redis_nothing_is_pushed_and_it_recovers_by_itself(
     dave = await records(deployment, settings.topics.push, user="dave", at_least=1, timeout_s=60)
     assert dave, "no push after Redis came back"
     assert worker.metrics()["nudgestream_redis_up"] == 1
+
+
+async def test_the_stream_decides_every_case_as_the_replay(deployment: Deployment) -> None:
+    """``tests/decision_cases.py`` through the worker's engine: what the replay decides."""
+    run = uuid.uuid4().hex[:8]
+    start = time.time() - 10
+    client = aioredis.from_url(deployment.settings.redis_url)
+    store = RelatedItemsStore(client, f"cases-{run}", CoocConfig())
+    for item, ranked in RELATED.items():
+        await client.set(store.keys.related(item), orjson.dumps(ranked))
+    for category, ranked in POPULAR.items():
+        await client.zadd(store.keys.popular_in(category), dict(ranked))
+    try:
+        for n, case in enumerate(CASES):
+            # Its own limiter keys per case: the cases must not limit one another.
+            env = {**deployment.env, **case.env(start), "NUDGESTREAM_APP_ID": f"cases-{run}-{n}"}
+            await decide_in_the_stream(settings.load(env), store, case.events(start, run))
+        found: dict[str, list[dict[str, Any]]] = {case.user: [] for case in CASES}
+        for topic in (deployment.settings.topics.push, deployment.settings.topics.suppressed):
+            for _, value in await read_topic(deployment.settings.kafka_bootstrap, topic, until=1_000_000, timeout_s=2):
+                record = orjson.loads(value or b"")
+                if record.get("user_id") in found and record["decision_id"] in decision_ids(CASES, start, run):
+                    found[record["user_id"]].append(record)
+        for case in CASES:
+            decided = sorted(found[case.user], key=lambda r: (r["decided_at"], r["decision_id"]))
+            assert [
+                Expect(r["trigger"], r.get("outcome", "pushed"), r.get("reason"), tuple(i["item_id"] for i in r["items"]))
+                for r in decided
+            ] == list(case.expect), case.name
+    finally:
+        await client.delete(*map(store.keys.related, RELATED), *map(store.keys.popular_in, POPULAR))
+        await client.aclose()
+
+
+async def decide_in_the_stream(config: settings.Settings, store: RelatedItemsStore, events: list[Event]) -> None:
+    """What the ingest agent does, one event per batch: the step, then the engine."""
+    app = faust.App(f"{config.app_id}-app", broker=config.broker_urls, autodiscover=False, web_enabled=False)
+    engine = DecisionEngine(app, config, store, SnapshotFollower(config), app.Table("pending"))
+    steps, profile = StepConfig(policy=config.policy), None
+    try:
+        for position, event in enumerate(events):
+            now = time.time()
+            result = step(profile, event, "v0", position, now, steps)
+            profile = result.profile
+            engine.on_triggers(result.profile, result.due, result.later)
+            await engine.flush(now)
+            await asyncio.gather(*engine.take_sent())
+    finally:
+        await engine.limiter.aclose()
+        await app.producer.stop()
+
+
+def decision_ids(cases: Sequence[Case], start: float, run: str) -> set[str]:
+    """The ids every decision of this run can have (trigger kind x triggering event)."""
+    return {
+        Trigger(kind, e.user_id, e.event_id, e.ts, e.ts, False, e.item_id, "").decision_id
+        for case in cases for e in case.events(start, run) for kind in TriggerKind
+    }

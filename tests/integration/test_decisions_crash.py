@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 
 from models.events import Event, EventType
-from models.policy import PolicyConfig, TriggerKind, copy_profile, triggers_for
+from models.policy import PolicyConfig, TriggerKind, triggers_for
 from models.profile import ProfileConfig, update
 from tests.integration.conftest import Deployment, decode_json, produce, read_topic
 
@@ -51,7 +51,7 @@ def expected_decisions(events: list[Event]) -> set[str]:
     ids = set()
     for event in sorted(events, key=lambda e: e.ts):
         profile = profiles.get(event.user_id)
-        before = copy_profile(profile)  # type: ignore[arg-type]
+        before = profile
         profile, applied = update(profile, event, event.ts, ProfileConfig())  # type: ignore[arg-type]
         profiles[event.user_id] = profile
         if applied:

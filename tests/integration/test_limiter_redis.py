@@ -166,7 +166,7 @@ async def test_racing_replays_of_one_decision_count_it_once(
 async def tokens_left(url: str, limiter: RedisLimiter) -> float:
     client = Redis.from_url(url, decode_responses=True)
     try:
-        tokens = await client.hget(limiter.bucket_key, "tokens")
+        tokens = await client.hget(limiter.keys.limiter_budget, "tokens")
         assert tokens is not None, "the global budget key has expired"
         return float(tokens)
     finally:

@@ -3,7 +3,7 @@
 A throwaway broker with a SASL_PLAINTEXT listener and a throwaway Redis with a password
 are started for this module (same jars and binaries as the shared pair). The clients are
 built exactly as the worker builds them: ``Settings.aiokafka_kwargs()`` for aiokafka,
-``streams.app._credentials`` for Faust, ``streams.app.redis_client`` and
+``streams.clients.credentials`` for Faust, ``streams.clients.redis_client`` and
 :class:`~streams.limiter.RedisLimiter` for Redis. Passwords are random per run, so a
 password found in a log can only have come from this run's settings.
 """
@@ -26,7 +26,7 @@ from redis.exceptions import AuthenticationError
 from load import services
 from models.events import Event, EventType
 from models.limits import LimitConfig, LimitRequest, SuppressReason
-from streams.app import _credentials, redis_client
+from streams.clients import credentials, redis_client
 from streams.limiter import LimiterUnavailableError, RedisLimiter
 from streams.settings import Settings
 from tests.integration.conftest import Deployment, throwaway_services
@@ -107,9 +107,9 @@ async def list_topics(settings: Settings) -> list[str]:
 async def test_kafka_clients_connect_with_the_right_password_only(deployment: Deployment) -> None:
     settings = deployment.settings
     assert settings.topics.dlq in await list_topics(settings)
-    credentials = _credentials(settings)
-    assert isinstance(credentials, faust.SASLCredentials)
-    assert (credentials.username, credentials.password) == (CLIENT_USER, Secrets.client)
+    faust_credentials = credentials(settings)
+    assert isinstance(faust_credentials, faust.SASLCredentials)
+    assert (faust_credentials.username, faust_credentials.password) == (CLIENT_USER, Secrets.client)
 
     for wrong in (
         with_env(deployment, NUDGESTREAM_KAFKA_SASL_PASSWORD=secrets.token_hex(12)),

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from load.decisions import PUSHED, DecisionTally, DecisionWatcher
-from models.policy import Outcome
+from models.decision import Outcome
 from streams.settings import load
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.app import _faust_app
+from streams.clients import faust_app
 from streams.settings import load
 
 
@@ -10,7 +10,7 @@ async def test_the_producer_buffer_and_batches_take_their_limits_from_the_settin
     settings = load(
         {"NUDGESTREAM_PRODUCER_BUFFER_MAX_MESSAGES": "1234", "NUDGESTREAM_PRODUCER_MAX_BATCH_BYTES": "65536"}
     )
-    app = _faust_app(settings)
+    app = faust_app(settings)
     assert app.conf.producer_max_batch_size == 65536
     # Faust's default is 100: past it every stream waits for the buffer to drain.
     assert app.producer.buffer.max_messages == 100

@@ -10,9 +10,10 @@ from typing import Any
 import orjson
 
 from models.decided import DecisionLog, Group
+from models.decision import Decision
 from models.events import Rejection, RejectReason
 from models.outcomes import OutcomeKind
-from models.policy import Decision, Trigger, TriggerKind
+from models.policy import Trigger, TriggerKind
 from streams import metrics
 from streams.faust_internals import acting_for
 from streams.outcomes import OutcomeTracker

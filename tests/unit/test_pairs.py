@@ -12,15 +12,8 @@ from hypothesis import strategies as st
 from models.cooccurrence import CoocConfig, Increment, Row, pair_increments
 from models.events import Event, EventType
 from models.profile import RecentItem
-from streams.cooccurrence import (
-    CoocRows,
-    PairBatch,
-    decode_pairs,
-    decode_row,
-    partition_of,
-    source_id,
-    total_key,
-)
+from streams.cooccurrence import CoocRows, decode_row, total_key
+from streams.pairs import PairBatch, decode_pairs, partition_of, source_id
 
 PARTITIONS = 4
 CONFIG = CoocConfig()

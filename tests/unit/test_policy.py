@@ -14,24 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from referencing import Registry, Resource
 
+from models.candidates import CandidateData, decide, needs
+from models.decision import AUDIT_SCHEMA_VERSION, Decision, Outcome
 from models.events import Event, EventType
-from models.policy import (
-    AUDIT_SCHEMA_VERSION,
-    CandidateData,
-    Decision,
-    Outcome,
-    PolicyConfig,
-    Trigger,
-    TriggerKind,
-    copy_profile,
-    decide,
-    in_holdout,
-    needs,
-    release_at,
-    still_valid,
-    triggers_for,
-)
+from models.limits import LimitResult, Verdict
+from models.policy import PolicyConfig, Trigger, TriggerKind, still_valid, triggers_for
 from models.profile import Profile, ProfileConfig, update
+from models.routing import in_holdout, release_at, route
 from models.segments import Segment
 from tests.conftest import PROJECT_ROOT
 
@@ -76,7 +65,7 @@ class User:
     ) -> list[Trigger]:
         ev = event(self.n, item, T0 + at, kind, category)
         self.n += 1
-        before = copy_profile(self.profile)
+        before = self.profile
         self.profile, applied = update(self.profile, ev, ev.ts, ProfileConfig())
         assert applied
         fired = triggers_for(before, self.profile, ev, self.config)
@@ -185,14 +174,6 @@ def test_triggers_expire() -> None:
     expiry = interest.event_ts + user.config.expiry_s
     assert still_valid(interest, user.current, expiry - 1, user.config)
     assert not still_valid(interest, user.current, expiry, user.config)
-
-
-def test_a_copied_profile_is_not_changed_by_later_updates() -> None:
-    user = browsed("p1")
-    copy = copy_profile(user.current)
-    user.does("p2", 60.0)
-    assert copy is not None and [r.item_id for r in copy.recent] == ["p1"]
-    assert copy_profile(None) is None
 
 
 # -- decision ids and the control group -----------------------------------------------
@@ -426,3 +407,20 @@ def test_invalid_configurations_are_refused() -> None:
         PolicyConfig(abandon_delay_s=PolicyConfig().expiry_s)
     with pytest.raises(ValueError):
         PolicyConfig(holdout_percent=101.0)
+
+
+def test_a_steered_release_time_is_the_one_the_deferred_trigger_gets() -> None:
+    """A learning policy's send time (``release``) moves the quiet-hours release only."""
+    decision = a_decision()
+    trigger = Trigger(
+        decision.trigger, decision.user_id, "e-1", decision.event_ts, decision.event_ts, False, "p2", "phones"
+    )
+    config = PolicyConfig()
+    default = release_at(decision.user_id, decision.decided_at + 600, config)
+    deferred = LimitResult(Verdict.DEFERRED, defer_until=decision.decided_at + 600)
+    plain = route(trigger, decision, deferred, config)
+    steered = route(trigger, decision, deferred, config, release=lambda at: at + 3600)
+    assert plain is not None and plain.retry is not None and plain.retry.due_at == default
+    assert steered is not None and steered.retry is not None and steered.retry.due_at == default + 3600
+    allowed = route(trigger, decision, LimitResult(Verdict.ALLOWED, items=("r1",)), config, release=lambda at: 0.0)
+    assert allowed == route(trigger, decision, LimitResult(Verdict.ALLOWED, items=("r1",)), config)

@@ -1,27 +1,23 @@
-"""Specification of the decayed, bounded counters and of the popularity fallback."""
+"""Specification of the decayed, bounded counters and of the served popularity."""
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.events import Event, EventType
 from models.popularity import (
     REBASE_HALF_LIVES,
     Bound,
     DecayedCounter,
-    Popularity,
-    PopularityConfig,
+    ServedPopularity,
+    popularity_score,
 )
 
 HOUR = 3600.0
-
-
-def view(item: str, ts: float, category: str | None = None, n: int = 0) -> Event:
-    return Event(f"e{n}-{item}-{ts}", EventType.VIEW, "u1", item, ts, category)
 
 
 # -- DecayedCounter ---------------------------------------------------------------------
@@ -112,91 +108,58 @@ def test_bound_rejects_nonsense() -> None:
         Bound(capacity=1, half_life_s=0.0)
 
 
-# -- Popularity -------------------------------------------------------------------------
+# -- the served popularity ------------------------------------------------------------
 
 
-def test_top_ranks_by_decayed_weighted_popularity() -> None:
-    pop = Popularity(PopularityConfig(half_life_s=HOUR))
-    pop.learn_one(view("often", 0.0, n=1))
-    pop.learn_one(view("often", 1.0, n=2))
-    pop.learn_one(Event("b", EventType.BUY, "u2", "bought", 2.0))
-    pop.learn_one(view("once", 3.0))
-    assert [item for item, _ in pop.top(3)] == ["bought", "often", "once"]
+def test_a_count_seen_later_ranks_as_its_decayed_value_now() -> None:
+    served = ServedPopularity(half_life_s=HOUR)
+    served.learn("old", None, 3.0, 0.0)  # 1.5 an hour later
+    served.learn("new", None, 2.0, HOUR)
+    assert [item for item, _ in served.top(2)] == ["new", "old"]
+    assert served.top(2)[0][1] == popularity_score(2.0, HOUR, HOUR)
 
 
-def test_top_leaves_out_excluded_items() -> None:
-    pop = Popularity()
-    for n, item in enumerate(["a", "a", "b", "c"]):
-        pop.learn_one(view(item, float(n), n=n))
-    assert [item for item, _ in pop.top(2, exclude={"a"})] == ["c", "b"]
+def test_an_item_counts_in_the_category_it_was_seen_in_and_nothing_counts_zero() -> None:
+    served = ServedPopularity(half_life_s=HOUR)
+    served.learn("tea", "drinks", 1.0, 0.0)
+    served.learn("lamp", None, 5.0, 0.0)
+    served.learn("ghost", "drinks", 0.0, 0.0)
+    assert [item for item, _ in served.top(5, "drinks")] == ["tea"]
+    assert [item for item, _ in served.top(5)] == ["lamp", "tea"]
+    assert served.top(5, "unknown") == []
 
 
-def test_a_category_list_is_topped_up_from_the_overall_list_unless_told_not_to() -> None:
-    pop = Popularity()
-    pop.learn_one(view("tea", 0.0, "drinks"))
-    pop.learn_one(view("lamp", 1.0, "home", n=1))
-    pop.learn_one(view("lamp", 2.0, "home", n=2))
-    assert [item for item, _ in pop.top(2, category="drinks")] == ["tea", "lamp"]
-    assert [item for item, _ in pop.top(2, category="drinks", fill=False)] == ["tea"]
-    assert [item for item, _ in pop.top(2, category="unknown", fill=False)] == []
+def test_the_kept_lists_must_hold_something() -> None:
+    with pytest.raises(ValueError, match="kept"):
+        ServedPopularity(half_life_s=HOUR, kept=0)
 
 
-def test_segments_have_their_own_lists() -> None:
-    pop = Popularity()
-    pop.learn_one(view("a", 0.0), segment=1)
-    pop.learn_one(view("b", 1.0), segment=2)
-    pop.learn_one(view("b", 2.0, n=1), segment=2)
-    assert [item for item, _ in pop.top(1, segment=1)] == ["a"]
-    assert [item for item, _ in pop.top(1)] == ["b"]
-    with pytest.raises(ValueError, match="not both"):
-        pop.top(1, category="x", segment=1)
-
-
-@settings(max_examples=25, deadline=None)
 @given(
-    events=st.lists(
+    st.lists(
         st.tuples(
-            st.integers(min_value=0, max_value=60),  # item
-            st.integers(min_value=0, max_value=9),  # category
-            st.integers(min_value=0, max_value=5),  # segment
+            st.sampled_from("abcdefgh"), st.sampled_from(["x", "y", None]), st.floats(0.1, 100.0)
         ),
-        max_size=250,
+        max_size=60,
     )
 )
-def test_popularity_memory_stays_within_its_configured_bounds(
-    events: list[tuple[int, int, int]],
+def test_served_popularity_keeps_exactly_the_best_counts(
+    offers: list[tuple[str, str | None, float]],
 ) -> None:
-    cfg = PopularityConfig(
-        max_items=8,
-        max_items_per_category=3,
-        max_items_per_segment=4,
-        max_categories=4,
-        max_segments=2,
-    )
-    pop = Popularity(cfg)
-    for n, (item, category, segment) in enumerate(events):
-        pop.learn_one(view(f"i{item}", float(n), f"c{category}", n), segment=segment)
-        assert len(pop.overall) <= cfg.max_items
-        assert len(pop.categories.counters) <= cfg.max_categories
-        assert len(pop.segments.counters) <= cfg.max_segments
-        assert all(len(c) <= cfg.max_items_per_category for c in pop.categories.counters.values())
-        assert all(len(c) <= cfg.max_items_per_segment for c in pop.segments.counters.values())
+    served = ServedPopularity(half_life_s=3600.0, kept=3, kept_per_category=3)
+    best: dict[str, float] = {}
+    #: An item stays in every category it was seen in, at its score then (as served).
+    best_in: dict[str, dict[str, float]] = defaultdict(dict)
+    for item, category, count in offers:
+        # Counts only grow in a replay: make each offer the running maximum.
+        score = max(math.log2(count), best.get(item, -math.inf))
+        served.learn(item, category, 2**score, 0.0)
+        best[item] = score
+        if category:
+            best_in[category][item] = score
+    assert served.top(3) == ranked(best)[:3]
+    for category in ("x", "y"):
+        assert served.top(3, category) == ranked(best_in[category])[:3]
 
 
-def test_popularity_survives_a_serialisation_round_trip() -> None:
-    pop = Popularity()
-    for n, item in enumerate(["a", "b", "b", "c"]):
-        pop.learn_one(view(item, 100.0 * n, f"cat{n % 2}", n), segment=n % 3)
-    copy = Popularity.from_bytes(pop.to_bytes())
-    for kwargs in ({}, {"category": "cat1"}, {"segment": 2}):
-        assert copy.top(5, **kwargs) == pop.top(5, **kwargs)
-    pop.learn_one(view("c", 500.0, "cat0", 9))
-    copy.learn_one(view("c", 500.0, "cat0", 9))
-    assert copy.to_bytes() == pop.to_bytes()
-
-
-def test_an_empty_popularity_recommends_nothing_and_round_trips() -> None:
-    pop = Popularity()
-    assert pop.top(3) == []
-    assert Popularity.from_bytes(pop.to_bytes()).top(3) == []
-    assert math.isnan(Popularity.from_bytes(pop.to_bytes()).landmark)
+def ranked(scores: dict[str, float]) -> list[tuple[str, float]]:
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -47,6 +47,23 @@ def test_a_duplicate_event_id_is_not_applied_twice() -> None:
     assert not applied and again.events == 1 and again.categories == {"a": 1.0}
 
 
+def test_update_returns_a_new_profile_and_leaves_the_given_one_alone() -> None:
+    first = apply(ev(1, cat="a"), ev(2, EventType.BUY, item="i2", cat="a"))
+    kept = first.to_bytes()
+    second, applied = update(first, ev(3, EventType.CLICK, item="i3", cat="b", ts=T0 + 60), T0 + 60, CONFIG)
+    assert applied and second is not first and second.events == 3
+    assert first.to_bytes() == kept, "the profile before the event is still what it was"
+
+
+def test_a_copy_has_every_field_and_containers_of_its_own() -> None:
+    profile = apply(ev(1, cat="a", price=9.5, session="s1"), ev(2, EventType.BUY, item="i2", ts=T0 + 5))
+    profile.positions["v0"], profile.tz = 7, "Europe/Paris"
+    copy = profile.copy()
+    assert copy == profile
+    assert copy.categories is not profile.categories and copy.recent is not profile.recent
+    assert copy.positions is not profile.positions and copy.seen is not profile.seen
+
+
 def test_the_duplicate_window_is_bounded() -> None:
     profile = apply(*(ev(n, ts=T0 + n) for n in range(10)))
     assert len(profile.seen) == CONFIG.dedupe_window

@@ -7,25 +7,18 @@ from datetime import time
 from functools import cache
 
 from models.bandit import BanditConfig
+from models.candidates import CandidateData, Source, decide
+from models.decision import Decision
 from models.events import Event, EventType
 from models.fatigue import FatigueConfig
 from models.lift import Group
 from models.limits import LimitConfig
-from models.policy import (
-    CandidateData,
-    Decision,
-    PolicyConfig,
-    Source,
-    TriggerKind,
-    copy_profile,
-    decide,
-    in_holdout,
-    triggers_for,
-)
+from models.policy import PolicyConfig, TriggerKind, triggers_for
 from models.profile import ProfileConfig, update
 from models.push_evaluate import evaluate_pushes
 from models.push_learning import ALL, Learner, LearningConfig, holdout_lift, learning_replay
 from models.push_replay import PushReplay, PushReplayConfig, Record
+from models.routing import in_holdout
 from models.sendtime import SendTimeConfig
 
 HORIZON = 1800.0
@@ -133,7 +126,7 @@ def test_decisions_name_each_items_source_outside_the_topic_contract() -> None:
     profile = None
     before = None
     for n, item in enumerate(["p1", "p2"]):
-        before = copy_profile(profile)
+        before = profile
         event = Event(f"e{n}", EventType.VIEW, "u1", item, 1000.0 + n, "phones")
         profile, _ = update(profile, event, event.ts, ProfileConfig())
     trigger = triggers_for(before, profile, event, PolicyConfig())[0]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.cooccurrence import Row, pair_increments
+from models.cooccurrence import Row
 from models.events import Event, EventType
 from models.logfile import BadRow, open_events
-from models.popularity import Popularity
-from models.profile import Profile, update
-from models.replay import Replay, ReplayConfig, ReplayStats
+from models.popularity import ServedPopularity
+from models.profile import Profile
+from models.replay import LOG_SOURCE, Replay, ReplayConfig, ReplayStats
+from models.step import StepConfig, step
 
 DAY = 86400.0
 
@@ -24,7 +25,8 @@ def sessions(start: float = 1000.0) -> list[Event]:
 
 
 def test_the_replay_runs_exactly_the_streaming_core_functions() -> None:
-    """Profile update, then pairs from the recent items before it, rows, popularity."""
+    """The ingest agent's step (profile, pairs from the recent items before it), then
+    rows and the served popularity of each event's row."""
     events = sessions()
     replay = Replay()
     replay.run(events)
@@ -32,14 +34,13 @@ def test_the_replay_runs_exactly_the_streaming_core_functions() -> None:
     cfg = ReplayConfig()
     profiles: dict[str, Profile] = {}
     rows: dict[str, Row] = {}
-    popularity = Popularity(cfg.popularity)
-    for ev in events:
-        before = profiles.get(ev.user_id)
-        recent_before = list(before.recent) if before else []
-        profiles[ev.user_id], _ = update(before, ev, ev.ts, cfg.profile)
-        for inc in pair_increments(recent_before, ev, cfg.cooc):
+    popularity = ServedPopularity(cfg.cooc.half_life_s)
+    for n, ev in enumerate(events, 1):
+        result = step(profiles.get(ev.user_id), ev, LOG_SOURCE, n, ev.ts, StepConfig(cfg.profile, cfg.cooc))
+        profiles[ev.user_id] = result.profile
+        for inc in result.increments:
             rows.setdefault(inc.item_id, Row()).apply(inc, cfg.cooc)
-        popularity.learn_one(ev)
+        popularity.learn(ev.item_id, ev.category, rows[ev.item_id].value, rows[ev.item_id].ts)
 
     assert {u: p.to_bytes() for u, p in replay.profiles.items()} == {
         u: p.to_bytes() for u, p in profiles.items()
@@ -47,7 +48,8 @@ def test_the_replay_runs_exactly_the_streaming_core_functions() -> None:
     assert {i: r.to_bytes() for i, r in replay.rows.items()} == {
         i: r.to_bytes() for i, r in rows.items()
     }
-    assert replay.popularity.to_bytes() == popularity.to_bytes()
+    assert replay.popularity.top(10) == popularity.top(10)
+    assert replay.popularity.top(10, "cat") == popularity.top(10, "cat")
 
 
 def test_related_items_follow_the_evidence() -> None:
@@ -81,7 +83,8 @@ def test_rescoring_waits_for_the_interval_like_the_periodic_flush() -> None:
 def test_out_of_order_events_are_processed_and_counted() -> None:
     replay = Replay()
     replay.process(view("u1", "a", 1000.0))
-    assert replay.process(view("u2", "b", 900.0))
+    result = replay.process(view("u2", "b", 900.0))
+    assert result is not None and result.applied
     assert replay.stats.out_of_order == 1
     assert replay.clock == 1000.0
     assert replay.row("b") is not None
@@ -90,7 +93,7 @@ def test_out_of_order_events_are_processed_and_counted() -> None:
 def test_events_later_than_max_lateness_are_dropped_as_stale() -> None:
     replay = Replay(ReplayConfig(max_lateness_s=DAY))
     replay.process(view("u1", "a", 10 * DAY))
-    assert not replay.process(view("u1", "old", 8 * DAY))
+    assert replay.process(view("u1", "old", 8 * DAY)) is None
     assert replay.stats.stale == 1
     assert replay.row("old") is None
     assert replay.profile("u1") is not None
@@ -101,7 +104,8 @@ def test_duplicates_are_counted_and_change_nothing() -> None:
     replay = Replay()
     replay.process(view("u1", "a", 1.0, event_id="same"))
     before = replay.row("a").to_bytes()  # type: ignore[union-attr]
-    assert not replay.process(view("u1", "a", 2.0, event_id="same"))
+    result = replay.process(view("u1", "a", 2.0, event_id="same"))
+    assert result is not None and result.duplicate
     assert replay.stats.duplicates == 1
     assert replay.row("a").to_bytes() == before  # type: ignore[union-attr]
 

@@ -14,18 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from referencing import Registry, Resource
 
+from models.candidates import is_popularity_fallback, without_candidates
+from models.decision import AUDIT_SCHEMA_VERSION, Outcome
 from models.events import EventType, Rejection, RejectReason
 from models.outcomes import OutcomeKind, PushOutcome, decode_outcome
-from models.policy import (
-    AUDIT_SCHEMA_VERSION,
-    NO_CANDIDATES,
-    Outcome,
-    PolicyConfig,
-    Trigger,
-    TriggerKind,
-    is_popularity_fallback,
-    without_candidates,
-)
+from models.policy import PolicyConfig, Trigger, TriggerKind
+from models.routing import NO_CANDIDATES
 from streams.client import InvalidEvent, MessageBuilder
 from streams.codecs import dlq_record
 from streams.notify import parse_decision
