@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 from redis.asyncio import Redis
 
+from load import services
 from load.generator import GeneratorConfig, generate_events
 from load.producer import produce
 from load.trainer_stall import synthetic_records
 from models.segments import SegmentSnapshot
-from streams import metrics, services, settings
+from streams import metrics, settings
 from streams.segmentation import SegmentTrainerService, read_latest_snapshot
 from tests.integration.conftest import Deployment
 
