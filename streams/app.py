@@ -138,6 +138,7 @@ class Worker:
         self._every(30.0, gauges.refresh_segments)
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
+        self.app.on_before_shutdown.connect(self.trainer.on_app_stop)  # type: ignore[arg-type]
         add_pages(self.app, self.segments)
 
     def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
@@ -358,7 +359,7 @@ class Worker:
         if any(tp.topic == self.topics.segments_train for tp in revoked):
             # Another worker trains now; if the partition comes back, resume from its
             # checkpoint rather than from this worker's stale model.
-            self.trainer.stop()
+            await self.trainer.stop()
 
     async def _dead_letter(
         self, rejection: Rejection, message: Message, now: float

@@ -161,7 +161,13 @@ SEGMENT_MICRO_CLUSTERS = Gauge(
 )
 SEGMENT_SKIPPED = Counter(
     "nudgestream_segment_vectors_skipped_total",
-    "Training samples the trainer skipped because they were older than it can catch up with.",
+    "Training samples the trainer skipped: older than it can catch up with, beyond its queue, "
+    "or lost with its process.",
+    registry=REGISTRY,
+)
+SEGMENT_TRAINER_CRASHES = Counter(
+    "nudgestream_segment_trainer_crashes_total",
+    "Times the segment trainer's process died and was restarted from the last checkpoint.",
     registry=REGISTRY,
 )
 SEGMENT_LEARNED = Counter(

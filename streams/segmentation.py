@@ -2,7 +2,8 @@
 
 * Every worker sends a *sample* of profile vectors to ``segments.train`` (one partition),
   so exactly one worker — whichever owns that partition — trains CluStream, off the
-  per-event path of the others.
+  per-event path of the others, and in a child process of its own
+  (:mod:`streams.trainer_process`): its event loop only queues samples and moves bytes.
 * The trainer publishes a versioned :class:`~models.segments.SegmentSnapshot` to the
   compacted ``segments.model`` topic when a new version exists (at most every
   ``SNAPSHOT_INTERVAL_S``), and checkpoints its CluStream state to Redis so a restarted or
@@ -17,7 +18,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Sequence
 
 import orjson
 import redis.asyncio as aioredis
@@ -25,98 +27,186 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.features import FeatureConfig, profile_vector
 from models.profile import Profile
-from models.segments import CheckpointError, SegmentSnapshot, SegmentTrainer
+from models.segments import SegmentSnapshot
 from streams import metrics
 from streams.keys import RedisKeys
 from streams.settings import Settings
+from streams.trainer_process import Message, TrainerProcess, TrainerProcessError
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_KEY = b"snapshot"
 SNAPSHOT_INTERVAL_S = 10.0
+#: Samples waiting for the trainer process at most (~1 s of its learning); older are shed.
+MAX_QUEUED_SAMPLES = 2000
+#: Samples per request to the trainer process.
+LEARN_BATCH = 500
+#: Wait before starting a trainer process again after one died.
+RESTART_BACKOFF_S = 1.0
+
+
 def training_record(profile: Profile, now: float, features: FeatureConfig) -> bytes:
     return orjson.dumps({"v": profile_vector(profile, now, features), "c": profile.categories})
 
 
 class SegmentTrainerService:
-    """The trainer's state and its Redis checkpoint; driven by the trainer agent."""
+    """The trainer process, its sample queue and its Redis checkpoint; driven by the trainer agent.
+
+    The event loop only queues samples and exchanges bytes with the process
+    (:mod:`streams.trainer_process`): learning and snapshots run there. A process that
+    dies is counted, logged and replaced by one restored from the last checkpoint.
+    """
 
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
         self.redis = redis
         self.checkpoint_key = RedisKeys.of_app(settings.app_id).segments_checkpoint
-        self.trainer: SegmentTrainer | None = None
-        self.last_published = 0
-        # learn_one and the snapshot (in a thread) must not interleave.
+        self.running = False
+        self.process: TrainerProcess | None = None
+        #: Samples not yet sent; the oldest are shed when the process falls behind.
+        self.queue: deque[bytes] = deque()
+        self._queued = asyncio.Event()
+        self._feeder: asyncio.Task[None] | None = None
+        #: The latest snapshot known (to resume from without a checkpoint).
+        self._latest: SegmentSnapshot | None = None
+        #: The checkpoint taken with the latest snapshot, not yet written to Redis.
+        self._checkpoint: bytes | None = None
+        #: Bumped by every stop: a call that started before a stop drops its result.
+        self._epoch = 0
+        self._died = False
+        # One request at a time on the process's pipes.
         self.lock = asyncio.Lock()
 
     @property
     def started(self) -> bool:
-        return self.trainer is not None
+        return self.running
 
-    def stop(self) -> None:
-        self.trainer = None
+    async def start(self, latest: SegmentSnapshot | None) -> None:
+        """Start the process from the Redis checkpoint, else from the latest snapshot."""
+        self.running = True
+        self._latest = latest
+        async with self.lock:
+            await self._spawn(self._epoch)
+        self._feeder = asyncio.create_task(self._feed(), name="segment-trainer-feed")
 
-    async def start(self, latest: SegmentSnapshot | None) -> SegmentTrainer:
-        """Restore from the Redis checkpoint, else resume from the latest snapshot."""
-        raw = None
+    async def stop(self) -> None:
+        """Stop training here (the partition moved, or the worker stops): no process is left."""
+        self.running = False
+        self._epoch += 1
+        metrics.SEGMENT_SKIPPED.inc(len(self.queue))
+        self.queue.clear()
+        if self._feeder is not None:
+            self._feeder.cancel()
+            self._feeder = None
+        process, self.process = self.process, None
+        if process is not None:
+            await process.close()
+
+    async def on_app_stop(self, sender: object = None, **kwargs: object) -> None:
+        """For the Faust app's ``on_before_shutdown`` signal."""
+        await self.stop()
+
+    async def learn(self, records: Sequence[bytes]) -> None:
+        """Queue training records for the process; returns at once."""
+        overflow = len(self.queue) + len(records) - MAX_QUEUED_SAMPLES
+        if overflow > 0:  # the freshest samples are the most useful ones
+            for _ in range(min(overflow, len(self.queue))):
+                self.queue.popleft()
+            metrics.SEGMENT_SKIPPED.inc(overflow)
+        self.queue.extend(records[-MAX_QUEUED_SAMPLES:])
+        self._queued.set()
+
+    async def snapshot(self) -> SegmentSnapshot | None:
+        """A new snapshot to publish, or None (not the trainer, warming up, or no change)."""
+        reply = await self._call(("snapshot", time.time()))
+        if reply is None:
+            return None
+        _, raw, checkpoint, micro_clusters = reply
+        metrics.SEGMENT_MICRO_CLUSTERS.set(micro_clusters)
+        if raw is None:
+            return None
+        snap = SegmentSnapshot.from_bytes(raw)
+        self._latest, self._checkpoint = snap, checkpoint
+        return snap
+
+    async def checkpoint(self) -> None:
+        """Write the checkpoint taken with the snapshot just published."""
+        checkpoint, self._checkpoint = self._checkpoint, None
+        if checkpoint is None or not self.running:
+            return  # the training partition moved meanwhile: its new owner checkpoints
+        try:
+            await self.redis.set(self.checkpoint_key, checkpoint)
+        except Exception:
+            metrics.REDIS_ERRORS.labels(operation="segments_checkpoint").inc()
+            log.warning("segment trainer: checkpoint failed", exc_info=True)
+
+    async def _feed(self) -> None:
+        """Send the queued samples to the process, a batch per request."""
+        while True:
+            await self._queued.wait()
+            batch = [self.queue.popleft() for _ in range(min(LEARN_BATCH, len(self.queue)))]
+            if not self.queue:
+                self._queued.clear()
+            try:
+                learned = await self._call(("learn", batch)) is not None
+            except Exception:
+                log.exception("segment trainer: a batch of %d samples failed", len(batch))
+                learned = False
+            if learned:
+                metrics.SEGMENT_LEARNED.inc(len(batch))
+            else:
+                metrics.SEGMENT_SKIPPED.inc(len(batch))
+
+    async def _call(self, request: Message) -> Message | None:
+        """The process's reply, or None if there is no trainer here or its process died."""
+        async with self.lock:
+            epoch = self._epoch
+            if not self.running:
+                return None
+            if self.process is None:
+                await self._spawn(epoch)
+            process = self.process
+            if process is None:
+                return None
+            try:
+                return await process.call(request)
+            except TrainerProcessError as exc:
+                if epoch == self._epoch:  # else stopped on purpose meanwhile
+                    self._crashed(exc)
+                    await self._spawn(epoch)
+                return None
+
+    async def _spawn(self, epoch: int) -> None:
+        """Start a process restored from the checkpoint (lock held); on failure leave none."""
+        if self._died:  # a trainer that keeps dying is not respawned in a tight loop
+            await asyncio.sleep(RESTART_BACKOFF_S)
+        checkpoint = await self._read_checkpoint()
+        latest = self._latest.to_bytes() if self._latest is not None else None
+        process = TrainerProcess()
+        try:
+            await process.start()
+            _, version, detail = await process.call(("start", checkpoint, latest))
+        except TrainerProcessError as exc:
+            self._crashed(exc)
+            return
+        if epoch != self._epoch:  # stopped while starting
+            await process.close()
+            return
+        log.info("segment trainer process %s %s at version %d", process.pid, detail, version)
+        self.process, self._died = process, False
+
+    def _crashed(self, exc: TrainerProcessError) -> None:
+        metrics.SEGMENT_TRAINER_CRASHES.inc()
+        log.error("segment trainer process died: %s; restarting it from the last checkpoint", exc)
+        self.process, self._died = None, True
+
+    async def _read_checkpoint(self) -> bytes | None:
         try:
             raw = await self.redis.get(self.checkpoint_key)
         except Exception:  # a trainer without Redis still trains; it only cannot resume
             metrics.REDIS_ERRORS.labels(operation="segments_checkpoint").inc()
             log.warning("segment trainer: checkpoint unavailable, starting fresh", exc_info=True)
-        trainer = None
-        if isinstance(raw, bytes) and raw:
-            try:
-                trainer = SegmentTrainer.restore(raw)
-                log.info("segment trainer restored at version %d", trainer.version)
-            except CheckpointError as exc:
-                log.warning("segment trainer: checkpoint not usable (%s); resuming from snapshot", exc)
-        if trainer is None:
-            trainer = SegmentTrainer(resume_from=latest)
-        self.trainer = trainer
-        self.last_published = trainer.version
-        return trainer
-
-    async def learn(self, records: Sequence[bytes]) -> None:
-        """Learn a batch of training records, in a thread.
-
-        CluStream learns a vector in 0.1-0.6 ms: a batch of them on the event loop would
-        hold every agent up for its whole length; in a thread the loop gets its turn
-        every few milliseconds (the GIL's switch interval).
-        """
-        samples = [_sample(record) for record in records]
-        async with self.lock:
-            trainer = self.trainer
-            assert trainer is not None
-            await asyncio.get_running_loop().run_in_executor(None, _learn_all, trainer, samples)
-        metrics.SEGMENT_LEARNED.inc(len(samples))
-
-    async def snapshot(self) -> SegmentSnapshot | None:
-        """A new snapshot to publish, or None (not the trainer, warming up, or no change).
-
-        The offline k-means (~0.1 s) runs in a thread so the event loop keeps serving.
-        """
-        async with self.lock:
-            trainer = self.trainer
-            if trainer is None:
-                return None
-            loop = asyncio.get_running_loop()
-            snap = await loop.run_in_executor(None, trainer.snapshot, time.time())
-            metrics.SEGMENT_MICRO_CLUSTERS.set(trainer.micro_clusters)
-        if snap is None or snap.version == self.last_published:
             return None
-        self.last_published = snap.version
-        return snap
-
-    async def checkpoint(self) -> None:
-        trainer = self.trainer
-        if trainer is None:
-            return  # the training partition moved meanwhile: its new owner checkpoints
-        try:
-            await self.redis.set(self.checkpoint_key, trainer.checkpoint())
-        except Exception:
-            metrics.REDIS_ERRORS.labels(operation="segments_checkpoint").inc()
-            log.warning("segment trainer: checkpoint failed", exc_info=True)
+        return raw if isinstance(raw, bytes) and raw else None
 
 
 class SnapshotFollower:
@@ -224,15 +314,3 @@ def snapshot_summary(snapshot: SegmentSnapshot) -> bytes:
             ],
         }
     )
-
-
-def _sample(record: bytes) -> tuple[Sequence[float], Mapping[str, float]]:
-    data = orjson.loads(record)
-    return data["v"], data.get("c") or {}
-
-
-def _learn_all(
-    trainer: SegmentTrainer, samples: Sequence[tuple[Sequence[float], Mapping[str, float]]]
-) -> None:
-    for vector, categories in samples:
-        trainer.learn_one(vector, categories)
