@@ -53,6 +53,7 @@ from streams.faust_internals import (
     set_producer_buffer_limit,
 )
 from streams.outcomes import OutcomeTracker
+from streams.page import SAMPLE_INTERVAL_S, Dashboard
 from streams.refetch import Refetcher
 from streams.segmentation import (
     SNAPSHOT_INTERVAL_S,
@@ -464,6 +465,9 @@ class Worker:
 
     def _add_pages(self) -> None:
         app = self.app
+        dashboard = Dashboard(lambda: self.segments.current, self.decisions.latest)
+        self._every(SAMPLE_INTERVAL_S, dashboard.sample)
+        dashboard.add_pages(app)
 
         @app.page("/metrics")
         async def prometheus(web: Any, request: Any) -> Any:
