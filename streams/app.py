@@ -466,7 +466,7 @@ class Worker:
     def _add_pages(self) -> None:
         app = self.app
         dashboard = Dashboard(lambda: self.segments.current, self.decisions.latest)
-        self._every(SAMPLE_INTERVAL_S, dashboard.sample)
+        self._every(SAMPLE_INTERVAL_S, dashboard.sample_ctr)
         dashboard.add_pages(app)
 
         @app.page("/metrics")

@@ -279,7 +279,7 @@ class Dashboard:
         self.clock = clock
         self.ctr = CtrHistory()
 
-    async def sample(self) -> None:
+    async def sample_ctr(self) -> None:
         """Timer: add the counters' totals to the CTR history."""
         self.ctr.sample(self.clock(), ctr_totals(self._sums(OUTCOMES, "outcome", "group")))
 

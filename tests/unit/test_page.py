@@ -234,7 +234,7 @@ async def test_the_dashboard_reads_its_registry_and_samples_on_its_clock() -> No
     now = [NOW]
     board = Dashboard(snapshot, latest, registry, clock=lambda: now[0])
 
-    await board.sample()
+    await board.sample_ctr()
     doc = board.document()
     assert doc["generated_at"] == NOW
     assert doc["ctr"]["points"] == [{"minute": NOW - NOW % 60, "sent": 8.0, "clicked": 2.0, "ctr": 0.25}]
