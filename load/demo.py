@@ -209,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
         say(f"starting a worker (log: {log_path}) ...")
         worker.start()
         worker.wait_ready()
-        say(f"worker ready; metrics at http://127.0.0.1:{settings.web_port}/metrics")
+        base = f"http://127.0.0.1:{settings.web_port}"
+        say(f"worker ready; its page at {base}/, metrics at {base}/metrics")
         duration = None if args.forever else args.duration
         source = f"the real log {args.events}" if args.events else "the synthetic generator"
         say(f"producing from {source} at {args.rate:,.0f} events/s"

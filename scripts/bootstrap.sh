@@ -2,7 +2,8 @@
 # Installs what nudgestream needs on a Debian/Ubuntu machine, idempotently:
 #   system: Java 17 (runs Kafka), Maven (fetches Kafka's jars once), redis-server,
 #           and with --test also prometheus (promtool and a real Prometheus for tests)
-#           and faketime (the suite's any-hour check);
+#           faketime (the suite's any-hour check) and chromium (the worker page's
+#           headless-browser test);
 #   Python: a virtualenv in .venv with nudgestream installed (editable), plus test extras.
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (it skips what is done).
 set -euo pipefail
@@ -21,6 +22,7 @@ command -v redis-server >/dev/null 2>&1 || [[ -x /usr/bin/redis-server ]] || nee
 if [[ $WANT_TEST == 1 ]]; then
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fi
 if ((${#need_apt[@]})); then
   say "installing system packages: ${need_apt[*]}"

@@ -46,6 +46,7 @@ from streams.faust_internals import (
 )
 from streams.gauges import Gauges
 from streams.outcomes import OutcomeTracker
+from streams.page import SAMPLE_INTERVAL_S, Dashboard
 from streams.pages import add_pages
 from streams.pairs import PairBatch, source_id
 from streams.refetch import Refetcher
@@ -140,6 +141,9 @@ class Worker:
         self.app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
         self.app.on_before_shutdown.connect(self.trainer.on_app_stop)  # type: ignore[arg-type]
         add_pages(self.app, self.segments)
+        dashboard = Dashboard(lambda: self.segments.current, self.decisions.latest)
+        self._every(SAMPLE_INTERVAL_S, dashboard.sample_ctr)
+        dashboard.add_pages(self.app)
 
     def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
         """Run ``job`` every ``seconds``; a failure is logged and counted, not fatal.

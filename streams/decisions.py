@@ -59,6 +59,7 @@ from models.routing import Route, in_holdout, route, segment_of, unfilled
 from streams import metrics
 from streams.cooccurrence import RelatedItemsStore
 from streams.limiter import RedisLimiter
+from streams.page import latest_decisions
 from streams.segmentation import SnapshotFollower
 from streams.settings import Settings
 
@@ -113,6 +114,8 @@ class DecisionEngine:
         #: Called with (trigger, decision as pushed, in the control group?) for every
         #: allowed decision (see streams.outcomes.OutcomeTracker.record).
         self.on_allowed: Callable[[Trigger, Decision, bool], None] | None = None
+        #: What the worker's page shows of the decisions emitted (streams.page).
+        self.latest = latest_decisions(settings.pseudonym_key)
 
     async def reconcile(self, partitions: Sequence[int]) -> int:
         """On assignment: mark pushes already on the topic as published in the limiter.
@@ -267,6 +270,7 @@ class DecisionEngine:
     async def _publish(self, decision: Decision) -> None:
         record = orjson.dumps(decision.to_dict())
         ack = await self.push_topic.send(key=decision.user_id.encode(), value=record)
+        self.latest.add(decision, "pushed")
         # The agent waits for this acknowledgement once per batch (take_sent); marking
         # the push published in the limiter runs beside the stream, off the event path.
         self._sending(ack)
@@ -291,6 +295,7 @@ class DecisionEngine:
     async def _audit(self, decision: Decision, outcome: Outcome, reason: str) -> None:
         record = orjson.dumps(decision.to_audit_dict(outcome, reason))
         self._sending(await self.audit_topic.send(key=decision.user_id.encode(), value=record))
+        self.latest.add(decision, outcome.value, reason)
         metrics.DECISIONS.labels(trigger=decision.trigger.value, outcome=outcome.value).inc()
 
 
