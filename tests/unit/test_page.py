@@ -8,9 +8,10 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from models.cluster_quality import ClusterScores
+from models.decision import Decision
 from models.features import FeatureConfig
 from models.lift import Lift, Rate
-from models.policy import Decision, TriggerKind
+from models.policy import TriggerKind
 from models.segment_snapshot import Segment, SegmentSnapshot
 from streams import page
 from streams.page import (
