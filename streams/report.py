@@ -84,15 +84,21 @@ class Counts:
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {f"by_{d}": {} for d in DIMENSIONS}
-        for key in self.buys.labels():
-            assert isinstance(key, tuple)
+        # Keys with conversions only too: a worker restarted since their exposures.
+        seen: set[tuple[str, str]] = {
+            key for tally in (self.clicks, self.buys) for counter in (tally.exposures, tally.conversions)
+            for _, key in counter if isinstance(key, tuple)
+        }
+        for key in sorted(seen):
             dimension, value = key
             row: dict[str, Any] = {}
             for group in Group:
-                clicks, buys = _rate(self.clicks, group, key), _rate(self.buys, group, key)
                 row[group.value] = {
-                    "exposures": buys.trials, "clicks": clicks.successes, "ctr": clicks.to_dict(),
-                    "conversions": buys.successes, "conversion": buys.to_dict(),
+                    "exposures": self.buys.exposures[group, key],
+                    "clicks": self.clicks.conversions[group, key],
+                    "ctr": _rate(self.clicks, group, key).to_dict(),
+                    "conversions": self.buys.conversions[group, key],
+                    "conversion": _rate(self.buys, group, key).to_dict(),
                 }
             row["lift"] = _lift(self.buys, key)
             row["ctr_lift"] = _lift(self.clicks, key)
