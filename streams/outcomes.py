@@ -1,6 +1,7 @@
 """Push outcomes in: the ``outcomes`` agent and the per-user record of recent decisions.
 
-Two writers share the changelog-backed ``decided`` table (key: the user id; value: a
+Two writers here (and a third, :mod:`streams.attribution`, crediting clicks and buys)
+share the changelog-backed ``decided`` table (key: the user id; value: a
 :class:`models.decided.DecisionLog`), co-partitioned with the events:
 
 * the decision path (:meth:`OutcomeTracker.record`, called by
