@@ -27,6 +27,9 @@ from models.lift import Group, Lift, Rate, Tally
 from streams.metrics import PUSH_CONVERSIONS, PUSH_EXPOSURES
 
 DEFAULT_URL = "http://127.0.0.1:6066/metrics"
+#: Family names as the exposition parser gives them (a counter's without ``_total``).
+(EXPOSURES,) = (family.name for family in PUSH_EXPOSURES.describe())
+(CONVERSIONS,) = (family.name for family in PUSH_CONVERSIONS.describe())
 #: The labels the report groups by, in the order of its sections.
 DIMENSIONS = ("trigger", "segment")
 
@@ -51,8 +54,8 @@ def scrape(url: str, timeout_s: float) -> str:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ReportError(f"cannot read {url}: {reason} (is a worker running there?)") from None
-    if PUSH_EXPOSURES._name not in text:
-        raise ReportError(f"{url} shows no {PUSH_EXPOSURES._name}_total: not a nudgestream worker's /metrics")
+    if EXPOSURES not in text:
+        raise ReportError(f"{url} shows no {EXPOSURES}_total: not a nudgestream worker's /metrics")
     return text
 
 
@@ -65,7 +68,7 @@ class Counts:
 
     def add(self, exposition: str) -> None:
         for family in text_string_to_metric_families(exposition):
-            if family.name not in (PUSH_EXPOSURES._name, PUSH_CONVERSIONS._name):
+            if family.name not in (EXPOSURES, CONVERSIONS):
                 continue
             for sample in family.samples:
                 if not sample.name.endswith("_total"):
@@ -74,7 +77,7 @@ class Counts:
                 group = Group(labels["group"])
                 for dimension in DIMENSIONS:
                     key = (dimension, labels[dimension])
-                    if family.name == PUSH_EXPOSURES._name:
+                    if family.name == EXPOSURES:
                         self.clicks.exposures[group, key] += value
                         self.buys.exposures[group, key] += value
                     elif labels["signal"] == "click":
