@@ -29,6 +29,7 @@ from models.features import FeatureConfig
 from models.profile import Profile, ProfileConfig
 from models.step import StepConfig, step
 from streams import metrics
+from streams.attribution import AttributionTracker
 from streams.batches import BACKGROUND_BATCH, batches, release, unsettled
 from streams.clients import faust_app, redis_client
 from streams.codecs import dlq_record
@@ -118,6 +119,7 @@ class Worker:
             self.app, settings, self.decided, self.refetcher, self._dead_letter, self._released
         )
         self.decisions.on_allowed = self.outcomes.record
+        self.attribution = AttributionTracker(settings, self.decided)
         self.eraser = Eraser(
             settings, self.redis, self.profiles, {"pending": self.pending, "decided": self.decided},
             self._send_command,
@@ -203,6 +205,7 @@ class Worker:
         if self._released(events, "ingest"):
             return
         self.outcomes.persist(events)
+        self.attribution.persist(events)
         for user_key, (profile, event) in batch.profiles.items():
             with acting_for(event):
                 self.profiles[user_key] = profile.to_bytes()
@@ -229,6 +232,7 @@ class Worker:
             # internal topic: other readers of the event topic must not see it twice.
             batch.sent.append(await self.rekeyed_topic.send(key=user_key, value=value))
             return
+        self.attribution.observe(user_key, decoded, event)
         if self._process(batch, user_key, decoded, event):
             batch.applied.append(decoded)
         else:

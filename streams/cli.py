@@ -135,6 +135,13 @@ def _parser(plugins: Sequence[Plugin]) -> argparse.ArgumentParser:
     related.add_argument("item_id")
     related.add_argument("--json", action="store_true", help="print JSON")
 
+    from streams.report import add_report_arguments
+
+    report = _command(commands, "report", _report,
+                      "CTR, conversion and lift against the control group per trigger and "
+                      "segment, summed from the workers' /metrics")
+    add_report_arguments(report)
+
     from streams.notify import add_notify_arguments
 
     notify = _command(commands, "notify", _notify,
@@ -253,6 +260,12 @@ def _related(args: argparse.Namespace) -> int:
         for rank, (item, score) in enumerate(related, start=1):
             print(f"{rank:3}. {item:30} {score:10.3f}")
     return 0 if related else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from streams.report import run_report
+
+    return run_report(args)
 
 
 def _notify(args: argparse.Namespace) -> int:

@@ -20,8 +20,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-from models.decided import Group
+from models.attribution import Signal
+from models.decided import DecidedPush
 from models.events import EventType, RejectReason
+from models.lift import Group
 from models.outcomes import OutcomeKind
 from models.policy import TriggerKind
 
@@ -198,6 +200,22 @@ DECISIONS_RECORDED = Counter(
     "Pushed and holdout decisions added to the users' records of recent decisions.",
     registry=REGISTRY,
 )
+PUSH_EXPOSURES = Counter(
+    "nudgestream_push_exposures_total",
+    "Decisions recorded for attribution, once each: pushed (group treatment) and held back "
+    "for the control group (group control), by trigger and segment (none: no snapshot yet).",
+    ["trigger", "segment", "group"],
+    registry=REGISTRY,
+)
+PUSH_CONVERSIONS = Counter(
+    "nudgestream_push_conversions_total",
+    "Decisions whose user clicked or bought a pushed item, or in its category, within the "
+    "attribution window: each (decision, signal) counted once, when its credit is stored.",
+    ["trigger", "segment", "group", "signal"],
+    registry=REGISTRY,
+)
+#: The signals the stream attributes (labels of nudgestream_push_conversions_total).
+CONVERSION_SIGNALS = (Signal.CLICK, Signal.BUY)
 
 #: Cached children for the per-event path.
 CONSUMED_BY_TYPE = {t: EVENTS_CONSUMED.labels(type=t.value) for t in EventType}
@@ -209,6 +227,23 @@ OUTCOMES_BY_LABELS = {
     for group in Group
 }
 OUTCOMES_REJECTED_BY_REASON = {r: OUTCOMES_REJECTED.labels(reason=r.value) for r in RejectReason}
+
+
+def _push_labels(entry: DecidedPush) -> tuple[str, str, str]:
+    segment = "none" if entry.segment is None else str(entry.segment)
+    return entry.trigger.value, segment, entry.group.value
+
+
+def count_exposure(entry: DecidedPush) -> None:
+    labels = _push_labels(entry)
+    PUSH_EXPOSURES.labels(*labels).inc()
+    # The conversion series exist from the first exposure: a rate of 0 is a sample, not a gap.
+    for signal in CONVERSION_SIGNALS:
+        PUSH_CONVERSIONS.labels(*labels, signal.value)
+
+
+def count_conversion(entry: DecidedPush, signal: Signal) -> None:
+    PUSH_CONVERSIONS.labels(*_push_labels(entry), signal.value).inc()
 
 
 def exposition() -> bytes:

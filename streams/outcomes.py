@@ -1,6 +1,7 @@
 """Push outcomes in: the ``outcomes`` agent and the per-user record of recent decisions.
 
-Two writers share the changelog-backed ``decided`` table (key: the user id; value: a
+Two writers here (and a third, :mod:`streams.attribution`, crediting clicks and buys)
+share the changelog-backed ``decided`` table (key: the user id; value: a
 :class:`models.decided.DecisionLog`), co-partitioned with the events:
 
 * the decision path (:meth:`OutcomeTracker.record`, called by
@@ -31,9 +32,10 @@ import faust
 from faust.streams import current_event
 from faust.types import EventT, Message, RecordMetadata, TableT
 
-from models.decided import KEEP_S, MAX_DECISIONS, DecidedPush, DecisionLog, Group
+from models.decided import KEEP_S, MAX_DECISIONS, DecidedPush, DecisionLog
 from models.decision import Decision
 from models.events import Rejection, RejectReason
+from models.lift import Group
 from models.outcomes import DEFAULT_MAX_OUTCOME_BYTES, OutcomeKind, decode_outcome
 from models.policy import Trigger
 from streams import metrics
@@ -99,10 +101,12 @@ class OutcomeTracker:
 
     def _write(self, key: bytes, entries: Sequence[DecidedPush]) -> None:
         log = DecisionLog.from_bytes(self.table.get(key))
-        added = sum(log.record(entry) for entry in entries)
+        added = [entry for entry in entries if log.record(entry)]
         if added:
             self.table[key] = log.to_bytes()
-            metrics.DECISIONS_RECORDED.inc(added)
+            metrics.DECISIONS_RECORDED.inc(len(added))
+            for entry in added:
+                metrics.count_exposure(entry)
 
     # --- the outcomes agent ---------------------------------------------------------
 

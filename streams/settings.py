@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from models.decided import KEEP_S
 from models.limits import LimitConfig, Window
 from models.policy import PolicyConfig, TriggerKind
 from streams.config_values import (
@@ -97,6 +98,10 @@ class RawSettings:
     items_per_push: str = setting("ITEMS_PER_PUSH", "3", "most items in one push (1-20)")
     push_expiry_s: str = setting("PUSH_EXPIRY_S", "86400", "a decision expires this long after its event (s)")
     retention_days: str = setting("RETENTION_DAYS", "90", "inactive users' state is erased after (days)")
+    attribution_window_s: str = setting(
+        "ATTRIBUTION_WINDOW_S", "86400",
+        "clicks and buys this long after a push (or holdout record) are credited to it (s, 60-604800)",
+    )
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,7 @@ class Settings:
     limits: LimitConfig
     policy: PolicyConfig
     retention_days: float
+    attribution_window_s: float
 
     @property
     def topics(self) -> Topics:
@@ -228,6 +234,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         limits=_limits(raw),
         policy=_policy(raw),
         retention_days=parse("RETENTION_DAYS", raw.retention_days, positive_float),
+        # At most as long as the users' records keep a decision (models.decided.KEEP_S).
+        attribution_window_s=parse(
+            "ATTRIBUTION_WINDOW_S", raw.attribution_window_s, float_between(60, KEEP_S)
+        ),
     )
 
 

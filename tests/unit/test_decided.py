@@ -6,14 +6,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.attribution import AttributionConfig, Scope, Signal
 from models.decided import (
     KEEP_S,
     MAX_BYTES,
     MAX_DECISIONS,
     DecidedPush,
     DecisionLog,
-    Group,
+    attribute,
 )
+from models.events import Event, EventType
+from models.lift import Group
 from models.outcomes import OutcomeKind
 from models.policy import TriggerKind
 
@@ -29,6 +32,7 @@ decisions = st.builds(
     trigger=st.sampled_from(TriggerKind),
     segment=st.none() | st.integers(0, 50),
     group=st.sampled_from(Group),
+    credited=st.frozensets(st.tuples(st.sampled_from([Signal.CLICK, Signal.BUY]), st.sampled_from(Scope))),
 )
 
 
@@ -54,8 +58,8 @@ def test_no_stored_log_is_an_empty_log() -> None:
 
 
 def test_a_log_of_another_format_version_is_refused() -> None:
-    with pytest.raises(ValueError, match="format 2"):
-        DecisionLog.from_bytes(b"[2, []]")
+    with pytest.raises(ValueError, match="format 3"):
+        DecisionLog.from_bytes(b"[3, []]")
 
 
 @given(st.lists(decisions, max_size=20, unique_by=lambda e: e.decision_id))
@@ -131,3 +135,69 @@ def test_recording_a_decision_again_keeps_the_outcomes_seen_for_it() -> None:
 def test_observing_a_decision_not_in_the_log_is_a_programming_error() -> None:
     with pytest.raises(KeyError):
         DecisionLog().observe("d-x", OutcomeKind.CLICKED)
+
+
+WINDOW = AttributionConfig(window_s=3600.0)
+
+
+def event(kind: EventType, item: str, ts: float, category: str = "phones", event_id: str = "") -> Event:
+    return Event(event_id or f"{kind.value}-{item}-{ts}", kind, "ann", item, ts, category)
+
+
+def test_a_buy_and_a_click_of_a_pushed_item_in_the_window_each_convert_once() -> None:
+    log = logged([push("d-1", items=("sku-1", "sku-2"))])
+    buy, click = event(EventType.BUY, "sku-2", NOW + 60), event(EventType.CLICK, "sku-1", NOW + 90)
+    assert [(e.decision_id, s) for e, s in attribute(log, buy, WINDOW)] == [("d-1", Signal.BUY)]
+    assert [s for _, s in attribute(log, click, WINDOW)] == [Signal.CLICK]
+    assert attribute(log, buy, WINDOW) == [] and attribute(log, click, WINDOW) == []
+    assert attribute(log, event(EventType.BUY, "sku-1", NOW + 120), WINDOW) == [], "one buy per decision"
+    entry = log.find("d-1")
+    assert entry is not None and entry.credited == {
+        (Signal.BUY, Scope.ITEM), (Signal.BUY, Scope.CATEGORY), (Signal.CLICK, Scope.ITEM),
+        (Signal.CLICK, Scope.CATEGORY),
+    }
+
+
+def test_a_buy_in_the_category_converts_and_the_item_credit_later_is_no_second_conversion() -> None:
+    log = logged([push("d-1")])
+    assert [s for _, s in attribute(log, event(EventType.BUY, "other", NOW + 1), WINDOW)] == [Signal.BUY]
+    assert attribute(log, event(EventType.BUY, "sku-1", NOW + 2), WINDOW) == []
+    entry = log.find("d-1")
+    assert entry is not None and (Signal.BUY, Scope.ITEM) in entry.credited
+
+
+@pytest.mark.parametrize(
+    ("kind", "item", "ts", "category"),
+    [
+        (EventType.VIEW, "sku-1", NOW + 60, "phones"),  # a view is no click and no buy
+        (EventType.BUY, "sku-1", NOW, "phones"),  # not after the decision
+        (EventType.BUY, "sku-1", NOW + 3601, "phones"),  # after the window
+        (EventType.BUY, "other", NOW + 60, "lamps"),  # neither the item nor its category
+    ],
+)
+def test_events_outside_the_window_or_the_push_are_not_credited(
+    kind: EventType, item: str, ts: float, category: str
+) -> None:
+    log = logged([push("d-1")])
+    assert attribute(log, event(kind, item, ts, category), WINDOW) == []
+    assert log == logged([push("d-1")])
+
+
+def test_a_buy_in_two_open_windows_converts_both_decisions_in_their_own_groups() -> None:
+    control = push("d-1")
+    treated = DecidedPush("d-2", NOW + 10, ("sku-1",), ("phones",), TriggerKind.POST_PURCHASE, None, Group.TREATMENT)
+    log = logged([control, treated])
+    converted = attribute(log, event(EventType.BUY, "sku-1", NOW + 60), WINDOW)
+    assert sorted((e.decision_id, e.group, s) for e, s in converted) == [
+        ("d-1", Group.CONTROL, Signal.BUY), ("d-2", Group.TREATMENT, Signal.BUY),
+    ]
+
+
+def test_credits_survive_the_bytes_and_a_version_1_record_reads_without_credits() -> None:
+    log = logged([push("d-1")])
+    attribute(log, event(EventType.CLICK, "sku-1", NOW + 5), WINDOW)
+    again = DecisionLog.from_bytes(log.to_bytes())
+    assert attribute(again, event(EventType.CLICK, "sku-1", NOW + 5), WINDOW) == []
+    v1 = b'[1,[["d-1",1700000000.0,["sku-1"],["phones"],0,2,"c",8]]]'
+    old = DecisionLog.from_bytes(v1).find("d-1")
+    assert old is not None and old.seen == {OutcomeKind.CLICKED} and old.credited == frozenset()

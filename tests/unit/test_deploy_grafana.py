@@ -98,6 +98,8 @@ def test_dashboard_shows_what_an_operator_checks_first(dashboard: dict[str, Any]
         "nudgestream_events_consumed_total",
         "nudgestream_event_lag_seconds_bucket",
         "nudgestream_decision_latency_seconds_bucket",
+        "nudgestream_push_exposures_total",
+        "nudgestream_push_conversions_total",
         "nudgestream_consumer_lag_messages",
         "nudgestream_events_rejected_total",
         "nudgestream_decisions_total",

@@ -9,9 +9,10 @@ from typing import Any
 
 import orjson
 
-from models.decided import DecisionLog, Group
+from models.decided import DecisionLog
 from models.decision import Decision
 from models.events import Rejection, RejectReason
+from models.lift import Group
 from models.outcomes import OutcomeKind
 from models.policy import Trigger, TriggerKind
 from streams import metrics
@@ -119,6 +120,10 @@ def test_a_decision_of_the_deferred_agent_is_written_at_once_and_once() -> None:
         tracker.record(*decision("ann", "d-1"), holdout=True)  # re-made after a crash
     assert [e.decision_id for e in stored(harness, "ann").entries] == ["d-1"]
     assert metrics.DECISIONS_RECORDED._value.get() == before + 1  # type: ignore[attr-defined]
+    exposures = metrics.PUSH_EXPOSURES.labels("browse_interest", "3", "control")
+    assert exposures._value.get() == 1  # type: ignore[attr-defined]
+    conversions = metrics.PUSH_CONVERSIONS.labels("browse_interest", "3", "control", "buy")
+    assert conversions._value.get() == 0, "the conversion series exists from the first exposure"  # type: ignore[attr-defined]
 
 
 async def test_each_outcome_of_a_recorded_decision_is_counted_once() -> None:

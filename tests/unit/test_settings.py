@@ -40,6 +40,8 @@ def test_defaults_parse_and_point_at_the_local_services() -> None:
         ("NUDGESTREAM_PROFILE_HALF_LIFE_S", "-5", "positive number"),
         ("NUDGESTREAM_KAFKA_SECURITY_PROTOCOL", "TLS", "SASL_SSL"),
         ("NUDGESTREAM_KAFKA_SSL_CAFILE", "/nonexistent/ca.pem", "no such file"),
+        ("NUDGESTREAM_ATTRIBUTION_WINDOW_S", "30", "between 60 and 604800"),
+        ("NUDGESTREAM_ATTRIBUTION_WINDOW_S", "1209600", "between 60 and 604800"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_expected_form(
