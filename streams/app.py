@@ -30,7 +30,7 @@ from models.profile import Profile, ProfileConfig
 from models.step import StepConfig, step
 from streams import metrics
 from streams.attribution import AttributionTracker
-from streams.batches import BACKGROUND_BATCH, batches, release, unsettled
+from streams.batches import BACKGROUND_BATCH, HeldAcks, Taken, batches, release, unsettled
 from streams.clients import faust_app, redis_client
 from streams.codecs import dlq_record
 from streams.cooccurrence import (
@@ -60,6 +60,7 @@ from streams.segmentation import (
     training_record,
 )
 from streams.settings import Settings
+from streams.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ ROCKSDB_OPTIONS = {
 MAX_SAMPLE_AGE_S = 30.0
 #: How often inactive users are looked for (at most; a tenth of the retention if shorter).
 RETENTION_SWEEP_S = 3600.0
+#: Co-occurrence rows are written once per checkpoint: every this many seconds (well under
+#: the commit interval, whose commits wait for the held batches) or held events.
+ROWS_CHECKPOINT = (2_000, 0.5)
 
 
 class Worker:
@@ -106,6 +110,11 @@ class Worker:
         self.cooc_topic = self.app.topic(self.topics.cooc_pairs)
         self.cooc_table = self._table("cooc")
         self.cooc_rows = CoocRows(self.cooc_config)
+        self.cooc_cache: WriteBehind[bytes, bytes, EventT[bytes], Taken] = WriteBehind(
+            self.cooc_table.get, self._write_row,
+            HeldAcks(self.app, lambda: self.recovered_generation, "cooc"),
+            max_held=ROWS_CHECKPOINT[0],
+        )
         self.related = RelatedItemsStore(self.redis, settings.app_id, self.cooc_config)
         self.pending = self._table("pending")
         self.deferred_topic = self.app.topic(self.topics.deferred)
@@ -132,6 +141,7 @@ class Worker:
         self._every(min(RETENTION_SWEEP_S, self.eraser.retention_s / 10), self.eraser.sweep)
         self.app.agent(self.segments_train_topic, name="segment-trainer")(self._train_segments)
         self._every(FLUSH_INTERVAL_S, self._flush_related)
+        self._every(ROWS_CHECKPOINT[1], self._checkpoint_rows)
         self.app.task(self.segments.run)
         self._every(SNAPSHOT_INTERVAL_S, self._publish_segments)
         gauges = Gauges(self.app, self.topics, self.profiles, self.cooc_table, self.segments, self.redis)
@@ -266,17 +276,27 @@ class Worker:
         return result.applied
 
     async def _cooccurrence(self, stream: faust.StreamT[bytes]) -> None:
-        """Row owner: every message holds increments for items of its own partition."""
-        async for events in batches(stream, self.refetcher, BACKGROUND_BATCH):
+        """Row owner: every message holds increments for items of its own partition.
+
+        Rows go to the write-behind cache, which writes each changed row once per
+        checkpoint and only then acknowledges the batches (a batch that overlapped a
+        rebalance is released there, with every batch held alongside it).
+        """
+        hold = self.cooc_cache.hold
+        async for events in batches(stream, self.refetcher, BACKGROUND_BATCH, hold):
             by_partition = {event.message.partition: event for event in events}
             writes = self.cooc_rows.apply_batch(
-                ((e.message.partition, e.value) for e in events), self.cooc_table.get
+                ((e.message.partition, e.value) for e in events), self.cooc_cache.get
             )
-            if self._released(events, "cooc"):
-                continue
             for key, (partition, row) in writes.items():
-                with acting_for(by_partition[partition]):
-                    self.cooc_table[key] = row
+                self.cooc_cache.put(key, row, by_partition[partition])
+
+    def _write_row(self, key: bytes, row: bytes, event: EventT[bytes]) -> None:
+        with acting_for(event):
+            self.cooc_table[key] = row
+
+    async def _checkpoint_rows(self) -> None:
+        await self.cooc_cache.checkpoint()
 
     async def _deferred(self, stream: faust.StreamT[bytes]) -> None:
         """Per-user commands, co-partitioned with the events: delayed triggers, erasure."""
@@ -306,13 +326,13 @@ class Worker:
             return
         rows = {}
         for item in items:
-            raw = self.cooc_table.get(item.encode())
+            raw = self.cooc_cache.get(item.encode())
             if raw is not None:
                 rows[item] = decode_row(raw)
         totals: dict[int, DecayedValue] = {}
         for tp in self.app.consumer.assignment():
             if tp.topic == self.topics.cooc_pairs:
-                raw_total = self.cooc_table.get(total_key(tp.partition))
+                raw_total = self.cooc_cache.get(total_key(tp.partition))
                 totals[tp.partition] = decode_row(raw_total) if raw_total else DecayedValue()
         categories = self.cooc_rows.take_categories()
         try:
@@ -361,9 +381,11 @@ class Worker:
 
     async def _on_recovered(self) -> None:
         self.recovered_generation = self.app.consumer_generation_id
+        self.cooc_cache.forget()  # the recovery may have rewritten the rows read
 
     async def _on_partitions_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         self.refetcher.forget(revoked)
+        self.cooc_cache.forget()
         if any(tp.topic == self.topics.segments_train for tp in revoked):
             # Another worker trains now; if the partition comes back, resume from its
             # checkpoint rather than from this worker's stale model.
