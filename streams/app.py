@@ -46,6 +46,7 @@ from streams.faust_internals import (
     acting_for,
 )
 from streams.gauges import Gauges
+from streams.learning import LiveLearning
 from streams.outcomes import OutcomeTracker
 from streams.page import SAMPLE_INTERVAL_S, Dashboard
 from streams.pages import add_pages
@@ -120,6 +121,9 @@ class Worker:
         )
         self.decisions.on_allowed = self.outcomes.record
         self.attribution = AttributionTracker(settings, self.decided)
+        LiveLearning(settings, self.redis, self.decided).install(
+            self.decisions, self.outcomes, self.attribution, self._every
+        )
         self.eraser = Eraser(
             settings, self.redis, self.profiles, {"pending": self.pending, "decided": self.decided},
             self._send_command,
