@@ -35,8 +35,8 @@ def users(holdout: bool, count: int, prefix: str) -> list[str]:
 def start(deployment: Deployment, learning: str) -> WorkerProcess:
     deployment.stop_all()
     worker = deployment.start_worker(
-        **DETERMINISTIC, NUDGESTREAM_HOLDOUT_PERCENT=HOLDOUT, NUDGESTREAM_LEARNING=learning,
-        NUDGESTREAM_LEARNING_SYNC_S="1",
+        **{**DETERMINISTIC, "NUDGESTREAM_HOLDOUT_PERCENT": HOLDOUT, "NUDGESTREAM_LEARNING": learning,
+           "NUDGESTREAM_LEARNING_SYNC_S": "1"},
     )
     worker.wait_ready()
     return worker
