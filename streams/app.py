@@ -34,6 +34,7 @@ from streams.cooccurrence import FLUSH_INTERVAL_S, CoocRows, RelatedItemsStore
 from streams.decisions import DecisionEngine
 from streams.gauges import Gauges
 from streams.ingest import IngestAgent, IngestTopics
+from streams.learning import LiveLearning
 from streams.outcomes import OutcomeTracker
 from streams.page import SAMPLE_INTERVAL_S, Dashboard
 from streams.pages import add_pages
@@ -97,6 +98,10 @@ class Worker:
             self.app, settings, decided, self.refetcher, self._dead_letter, self._released
         )
         self.decisions.on_allowed = self.outcomes.record
+        attribution = AttributionTracker(settings, decided)
+        LiveLearning(settings, self.redis, decided).install(
+            self.decisions, self.outcomes, attribution, self._every
+        )
         self.ingest = IngestAgent(
             settings,
             IngestTopics(self.app.topic(self.topics.rekeyed), cooc_topic, segments_train_topic),
@@ -104,7 +109,7 @@ class Worker:
             step_config,
             decisions=self.decisions,
             outcomes=self.outcomes,
-            attribution=AttributionTracker(settings, decided),
+            attribution=attribution,
             segments=self.segments,
             refetcher=self.refetcher,
             dead_letter=self._dead_letter,
