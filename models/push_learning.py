@@ -69,10 +69,9 @@ from models.logfile import BadRow
 from models.push_replay import PUSHED, PushReplay, PushReplayConfig, Record
 from models.replay import ReplayStats
 from models.routing import in_holdout
-from models.sendtime import SendTimeConfig, UserSendTime, send_at
+from models.sendtime import SendTimeConfig, UserSendTime
+from models.steering import BANDIT, gate, release_time
 
-FATIGUE: Final = "fatigue"
-BANDIT: Final = "bandit"
 #: The offline outcome: a pushed item touched (the scorer's hit).
 SIGNAL: Final = Signal.TOUCH
 ALL: Final = "all"
@@ -127,11 +126,10 @@ class Learner:
     def steer(self, decision: Decision) -> Decision | str:
         if self._holdout(decision.user_id) or decision.transactional:
             return decision
-        fatigue = self.fatigue.get(decision.user_id)
-        if fatigue is not None and not fatigue.allows(decision.decided_at, self.config.fatigue):
-            return self._skip(FATIGUE)
-        if not self.bandit.plays(decision.trigger.value, self.rng):
-            return self._skip(BANDIT)
+        reason = gate(decision, False, self.fatigue.get(decision.user_id), self.bandit,
+                      self.rng, self.config.fatigue)
+        if reason is not None:
+            return self._skip(reason)
         if not self.config.source_arms:
             return decision
         sources = dict(decision.sources)
@@ -150,9 +148,7 @@ class Learner:
         user = self.sendtime.get(decision.user_id)
         if user is None or self._holdout(decision.user_id):
             return default
-        zone = tz or self.config.default_tz
-        hour = user.preferred_hour(default, self.config.sendtime)
-        return send_at(default, hour, zone, decision.expires_at)
+        return release_time(user, decision, default, tz or self.config.default_tz, self.config.sendtime)
 
     # -- outcomes --------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ as a pure function of the stored profile, the event, where it was read and the c
 5. whether the new profile is a segment **training sample**
    (:func:`models.features.should_sample`).
 
-The streaming worker (``streams/app.py``) sends what the result says (increments to the
+The ingest agent (``streams/ingest.py``) sends what the result says (increments to the
 pairs topic, samples to the trainer, triggers to the decision engine) and stores the
 profile; the offline replay (:mod:`models.replay`, :mod:`models.push_replay`) applies
 the same result to its in-memory state. Since neither computes any of it itself, what

@@ -20,12 +20,12 @@ persisted: its events are delivered again and observed anew.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from faust.types import EventT, TableT
 
-from models.attribution import AttributionConfig
-from models.decided import ATTRIBUTED, DecisionLog, attribute
+from models.attribution import AttributionConfig, Signal
+from models.decided import ATTRIBUTED, DecidedPush, DecisionLog, attribute
 from models.events import Event
 from streams import metrics
 from streams.faust_internals import acting_for
@@ -38,6 +38,8 @@ class AttributionTracker:
     def __init__(self, settings: Settings, table: TableT[bytes, bytes]) -> None:
         self.config = AttributionConfig(window_s=settings.attribution_window_s)
         self.table = table
+        #: Called with the conversions once they are stored (streams.learning.LiveLearning.converted).
+        self.on_converted: Callable[[Sequence[tuple[DecidedPush, Signal]]], None] | None = None
         #: The batch's clicks and buys by user key, with the message each came in.
         self._observed: dict[bytes, list[tuple[Event, EventT[bytes]]]] = {}
 
@@ -65,3 +67,5 @@ class AttributionTracker:
                 self.table[key] = written
             for entry, signal in converted:
                 metrics.count_conversion(entry, signal)
+            if converted and self.on_converted is not None:
+                self.on_converted(converted)

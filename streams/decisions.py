@@ -114,6 +114,10 @@ class DecisionEngine:
         #: Called with (trigger, decision as pushed, in the control group?) for every
         #: allowed decision (see streams.outcomes.OutcomeTracker.record).
         self.on_allowed: Callable[[Trigger, Decision, bool], None] | None = None
+        #: The learning policies (streams.learning.LiveLearning): a decision's stop
+        #: reason before the limits, and a deferred decision's release time.
+        self.steer: Callable[[Decision], str | None] | None = None
+        self.release: Callable[[Decision, str | None], Callable[[float], float] | None] | None = None
         #: What the worker's page shows of the decisions emitted (streams.page).
         self.latest = latest_decisions(settings.pseudonym_key)
 
@@ -215,12 +219,13 @@ class DecisionEngine:
         decided = await self._decide(due, now)
         requests = [decision.limit_request(profile.tz) for (_, profile), decision in decided]
         results = await self.limiter.check_many(requests)
-        for ((trigger, _), decision), result in zip(decided, results, strict=True):
+        for ((trigger, profile), decision), result in zip(decided, results, strict=True):
             if result.verdict is Verdict.ALLOWED and self.on_allowed is not None:
                 # Replays too: the record of a decision published before a crash may be lost.
                 holdout = in_holdout(decision.user_id, self.policy.holdout_percent, self.policy.holdout_salt)
                 self.on_allowed(trigger, decision.restricted_to(result.items), holdout)
-            routed = route(trigger, decision, result, self.policy)
+            release = self.release(decision, profile.tz) if self.release is not None else None
+            routed = route(trigger, decision, result, self.policy, release)
             if routed is not None:
                 await self._act(routed)
 
@@ -242,8 +247,11 @@ class DecisionEngine:
         decided = []
         for (trigger, profile), (segment, info), candidates in zip(due, segments, data, strict=True):
             decision = decide(trigger, profile, candidates, segment, info, now, self.policy)
+            stopped = None if decision is None or self.steer is None else self.steer(decision)
             if decision is None:
                 await self._act_unfilled(trigger, segment, now)
+            elif stopped is not None:
+                await self._act(Route(decision, Outcome.SUPPRESSED, stopped))
             else:
                 decided.append(((trigger, profile), decision))
         return decided

@@ -22,6 +22,9 @@ key                                    type         value                       
 ``rl:{<user>}:records``                hash         decision_id -> verdict (JSON)              ``decision_ttl_s``
 ``rl:{<user>}:decided``                sorted set   decision_id -> check time                  ``decision_ttl_s``
 ``rl:global``                          hash         tokens, ts (the send budget)               once refilled
+``learning:arms``                      hash         ``<trigger>:exposures``,                   never
+                                                    ``<trigger>:conversions`` -> count (the
+                                                    shared bandit, streams/learning.py)
 =====================================  ===========  =========================================  ===================
 
 >>> keys = RedisKeys.of_app("shop")
@@ -103,3 +106,9 @@ class RedisKeys:
     @property
     def limiter_budget(self) -> str:
         return f"{self.prefix}rl:global"
+
+    # -- learning (streams/learning.py) -----------------------------------------------
+
+    @property
+    def learning_arms(self) -> str:
+        return f"{self.prefix}learning:arms"

@@ -26,6 +26,7 @@ from models.events import EventType, RejectReason
 from models.lift import Group
 from models.outcomes import OutcomeKind
 from models.policy import TriggerKind
+from models.steering import BANDIT, FATIGUE
 
 # `_created` series double the exposition for no use on dashboards or alerts.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -110,6 +111,23 @@ SUPPRESSED = Counter(
     "nudgestream_suppressed_total",
     "Push decisions not sent, by reason.",
     ["reason"],
+    registry=REGISTRY,
+)
+LEARNING_SUPPRESSED = Counter(
+    "nudgestream_learning_suppressed_total",
+    "Push decisions a learning policy stopped (also counted in nudgestream_suppressed_total).",
+    ["policy", "trigger"],
+    registry=REGISTRY,
+)
+LEARNING_RELEASE_MOVED = Counter(
+    "nudgestream_learning_release_moved_total",
+    "Deferred decisions released at the user's preferred hour instead of the default time.",
+    ["trigger"],
+    registry=REGISTRY,
+)
+LEARNING_BANDIT_ACTIVE = Gauge(
+    "nudgestream_learning_bandit_active",
+    "1 while the worker holds the shared bandit counts, 0 while it applies the static policy.",
     registry=REGISTRY,
 )
 DECISION_LATENCY = Histogram(
@@ -227,6 +245,12 @@ OUTCOMES_BY_LABELS = {
     for group in Group
 }
 OUTCOMES_REJECTED_BY_REASON = {r: OUTCOMES_REJECTED.labels(reason=r.value) for r in RejectReason}
+LEARNING_SUPPRESSED_BY_LABELS = {
+    (policy, trigger): LEARNING_SUPPRESSED.labels(policy=policy, trigger=trigger.value)
+    for policy in (FATIGUE, BANDIT)
+    for trigger in TriggerKind
+}
+LEARNING_RELEASE_MOVED_BY_TRIGGER = {t: LEARNING_RELEASE_MOVED.labels(trigger=t.value) for t in TriggerKind}
 
 
 def _push_labels(entry: DecidedPush) -> tuple[str, str, str]:

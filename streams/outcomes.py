@@ -66,6 +66,8 @@ class OutcomeTracker:
         self.dead_letter = dead_letter
         self.released = released
         self.topic = app.topic(settings.topics.outcomes)
+        #: Called with the decisions newly recorded (streams.learning.LiveLearning.exposed).
+        self.on_recorded: Callable[[Sequence[DecidedPush]], None] | None = None
         #: Decisions of the running ingest batch, by user key, until it persists.
         self._unwritten: dict[bytes, list[DecidedPush]] = {}
 
@@ -107,6 +109,8 @@ class OutcomeTracker:
             metrics.DECISIONS_RECORDED.inc(len(added))
             for entry in added:
                 metrics.count_exposure(entry)
+            if self.on_recorded is not None:
+                self.on_recorded(added)
 
     # --- the outcomes agent ---------------------------------------------------------
 

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from models.decided import KEEP_S
 from models.limits import LimitConfig, Window
 from models.policy import PolicyConfig, TriggerKind
+from models.steering import POLICIES
 from streams.config_values import (
     ConfigError,
     choice,
@@ -102,6 +103,13 @@ class RawSettings:
         "ATTRIBUTION_WINDOW_S", "86400",
         "clicks and buys this long after a push (or holdout record) are credited to it (s, 60-604800)",
     )
+    learning: str = setting(
+        "LEARNING", "fatigue,sendtime,bandit",
+        "learning policies steering the worker's pushes: comma-separated fatigue, sendtime, bandit; or off",
+    )
+    learning_sync_s: str = setting(
+        "LEARNING_SYNC_S", "30", "how often a worker writes and reads the shared bandit counts (s, 1-3600)"
+    )
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,9 @@ class Settings:
     policy: PolicyConfig
     retention_days: float
     attribution_window_s: float
+    #: The learning policies on (models.steering.POLICIES); empty: the static policy.
+    learning: frozenset[str]
+    learning_sync_s: float
 
     @property
     def topics(self) -> Topics:
@@ -238,6 +249,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         attribution_window_s=parse(
             "ATTRIBUTION_WINDOW_S", raw.attribution_window_s, float_between(60, KEEP_S)
         ),
+        learning=parse("LEARNING", raw.learning, _learning),
+        learning_sync_s=parse("LEARNING_SYNC_S", raw.learning_sync_s, float_between(1, 3600)),
     )
 
 
@@ -266,6 +279,16 @@ def _policy(raw: RawSettings) -> PolicyConfig:
         expiry_s=parse("PUSH_EXPIRY_S", raw.push_expiry_s, positive_float),
         holdout_percent=parse("HOLDOUT_PERCENT", raw.holdout_percent, _percent),
     )
+
+
+def _learning(text: str) -> frozenset[str]:
+    if text.strip().lower() == "off":
+        return frozenset()
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown or not names:
+        raise ValueError(f"unknown learning policies {unknown}" if unknown else "empty list")
+    return frozenset(names)
 
 
 def _trigger_kinds(text: str) -> frozenset[TriggerKind]:

@@ -278,6 +278,9 @@ def deployment(
         # Workers decide with real clocks; the default quiet hours (22:00-08:00) would make a
         # test's pushes depend on the hour the suite runs at. Tests of quiet hours set them.
         "NUDGESTREAM_QUIET_HOURS": "off",
+        # The static policy: what a test's pushes are must not depend on the outcomes of the
+        # tests before it. tests/integration/test_learning.py turns the policies on.
+        "NUDGESTREAM_LEARNING": "off",
     }
     deployment = Deployment(env, tmp_path_factory.mktemp(f"deploy-{tag}"))
     asyncio.run(create_topics(deployment.settings))

@@ -108,7 +108,14 @@ async def test_the_page_shows_what_the_worker_decided(
     doc = await wait_for(worker, lambda d: any(p["ctr"] for p in d["ctr"]["points"]), "a CTR point")
 
     url = f"http://127.0.0.1:{worker.port}/"
-    dom = browse(chromium, url, "--dump-dom")
+    # The trainer publishes a new snapshot every few seconds, relabelling segments: compare
+    # the page with the data of a snapshot version that did not change while it rendered.
+    for _ in range(5):
+        before = dashboard(worker)
+        dom = browse(chromium, url, "--dump-dom")
+        doc = dashboard(worker)
+        if before["segments"].get("version") == doc["segments"].get("version"):
+            break
     pushed = await all_pushes(deployment)  # the page may show later pushes than the above
     # The decisions shown are the worker's own, with the explanations it published.
     shown = re.findall(r'<td class="explanation">(.*?)</td>', dom)

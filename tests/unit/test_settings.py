@@ -42,6 +42,9 @@ def test_defaults_parse_and_point_at_the_local_services() -> None:
         ("NUDGESTREAM_KAFKA_SSL_CAFILE", "/nonexistent/ca.pem", "no such file"),
         ("NUDGESTREAM_ATTRIBUTION_WINDOW_S", "30", "between 60 and 604800"),
         ("NUDGESTREAM_ATTRIBUTION_WINDOW_S", "1209600", "between 60 and 604800"),
+        ("NUDGESTREAM_LEARNING", "fatigue,epsilon", "fatigue, sendtime, bandit"),
+        ("NUDGESTREAM_LEARNING", ",", "fatigue, sendtime, bandit"),
+        ("NUDGESTREAM_LEARNING_SYNC_S", "0", "between 1 and 3600"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_expected_form(
@@ -111,3 +114,9 @@ def test_a_bad_local_port_stops_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="NUDGESTREAM_LOCAL_REDIS_PORT='sixteen'"):
         load_local_services({"NUDGESTREAM_LOCAL_REDIS_PORT": "sixteen"})
     assert load_local_services({"NUDGESTREAM_LOCAL_KAFKA_PORT": "29092"}).kafka_port == 29092
+
+
+def test_learning_is_a_set_of_policies_or_off() -> None:
+    assert load({}).learning == frozenset({"fatigue", "sendtime", "bandit"})
+    assert load({"NUDGESTREAM_LEARNING": " Fatigue , bandit"}).learning == frozenset({"fatigue", "bandit"})
+    assert load({"NUDGESTREAM_LEARNING": "off"}).learning == frozenset()
