@@ -13,9 +13,8 @@ quiet_hours_tests=(
   tests/unit models load -m "not slow"
   tests/integration/test_limiter_redis.py
 )
-# test_holdout.py is out of this list for now: at a faked 23:30 its control users got no
-# holdout record (found 2026-12-03 on the merge of the outcome/learning work; open).
 late_evening_tests=(
+  tests/integration/test_holdout.py
   "tests/integration/test_security.py::test_redis_clients_work_with_the_password_and_say_why_they_fail_without"
 )
 # Yesterday's times, so that every faked timestamp lies in the past at whatever hour CI runs.

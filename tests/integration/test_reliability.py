@@ -53,6 +53,7 @@ from tests.integration.conftest import (
     Deployment,
     WorkerProcess,
     decode_json,
+    delete_topics,
     produce,
     read_topic,
 )
@@ -117,6 +118,7 @@ def fresh(local_services: services.LocalServices, tmp_path: Path) -> Iterator[De
     yield deployment
     deployment.stop_all()
     asyncio.run(forget_redis_keys(deployment))
+    asyncio.run(delete_topics(deployment.settings))
 
 
 def restart(deployment: Deployment, worker: WorkerProcess, **env: str) -> WorkerProcess:
