@@ -317,6 +317,18 @@ def _sasl_lines(services: LocalServices) -> list[str]:
     ]
 
 
+def kraft_cluster_id() -> str:
+    """A random KRaft cluster id that the storage tool reads as a value.
+
+    The id is a uuid in url-safe base64, so one in 64 would start with "-" and
+    be parsed as an unknown option; Kafka's own ``random-uuid`` skips those too.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def _start_kafka(services: LocalServices, say: Say) -> None:
     if _running_pid(services, "kafka") is not None:
         say(f"kafka  already running (pid {_running_pid(services, 'kafka')})")
@@ -327,7 +339,7 @@ def _start_kafka(services: LocalServices, say: Say) -> None:
     classpath = f"{libs}/*"
     log4j = f"-Dlog4j.configuration=file:{config.with_name('log4j.properties')}"
     if not (config.parent / "data" / "meta.properties").exists():
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cid = kraft_cluster_id()
         result = subprocess.run(
             [
                 _java(),

@@ -7,9 +7,12 @@ Runs inside the user-partitioned worker, after the profile update:
    (:meth:`DecisionEngine.flush`); a delayed one ("no buy within N minutes", or a
    decision deferred by quiet hours) goes to ``notifications.deferred`` (keyed by user,
    co-partitioned with the events) and from there into the changelog-backed ``pending``
-   table, so a crash loses no timer. A timer on each worker re-sends due entries of its
-   partitions as ``due`` messages, which the ``deferred`` agent decides one by one *in
-   stream context* (tables may only change there), after :func:`models.policy.still_valid`.
+   table (compact records, :mod:`models.pending`), so a crash loses no timer. A timer on
+   each worker re-sends due entries of its partitions as ``due`` messages, which the
+   ``deferred`` agent decides one by one *in stream context* (tables may only change
+   there), after :func:`models.policy.still_valid`. The timer finds them in an in-memory
+   index of due times (:class:`models.pending.DueIndex`), kept up to date on every write
+   and rebuilt from the table after each recovery, not by scanning the table.
 2. The data the policy needs for all the triggers of a batch (related items of recent
    items, popular items overall and per category) is fetched from Redis in **one
    pipelined round trip**; popular lists, which change only when related items are
@@ -51,8 +54,8 @@ from faust.types import TableT
 
 from models.candidates import decide, needs
 from models.decision import Decision, Outcome
-from models.encoding import compact
 from models.limits import Verdict
+from models.pending import DueIndex, decode_pending, encode_pending, entry_id
 from models.policy import Trigger, still_valid
 from models.profile import Profile
 from models.routing import Route, in_holdout, route, segment_of, unfilled
@@ -60,6 +63,7 @@ from streams import metrics
 from streams.cooccurrence import RelatedItemsStore
 from streams.limiter import RedisLimiter
 from streams.page import latest_decisions
+from streams.pairs import partition_of
 from streams.segmentation import SnapshotFollower
 from streams.settings import Settings
 
@@ -70,6 +74,8 @@ RETRY_AFTER_S = 30.0
 #: Pushes per partition looked at on assignment (more than a commit interval produces).
 RECONCILE_RECORDS = 5000
 RECONCILE_TIMEOUT_S = 15.0
+#: Users read between two yields to the event loop while the due index is rebuilt.
+REBUILD_YIELD_EVERY = 200
 
 #: A trigger to decide now, with the profile to decide it on.
 Due = tuple[Trigger, Profile]
@@ -102,8 +108,12 @@ class DecisionEngine:
         self.push_topic = app.topic(settings.topics.push)
         self.audit_topic = app.topic(settings.topics.suppressed)
         self.deferred_topic = app.topic(settings.topics.deferred)
-        #: Entries re-sent as due and not yet handled (so a slow agent is not flooded).
-        self._fired: set[str] = set()
+        #: Due times of the entries of ``pending`` (a due one pops once, so the ``deferred``
+        #: agent is not flooded with repeats of it).
+        self.index = DueIndex()
+        self._rebuilds = 0
+        pending.on_recover(self.rebuild_index)
+        app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
         #: What :meth:`on_event` queued for the next :meth:`flush`.
         self._due: list[Due] = []
         self._waiting: list[Trigger] = []
@@ -168,26 +178,28 @@ class DecisionEngine:
 
     async def on_deferred(self, key: bytes, message: dict[str, Any], profile: Profile | None) -> None:
         """``deferred`` agent: store a waiting trigger, or decide a due one."""
-        entries: dict[str, Any] = orjson.loads(self.pending.get(key) or b"{}")
+        raw = self.pending.get(key)
+        entries = {entry_id(t): t for t in decode_pending(raw, key.decode())} if raw else {}
         if message["kind"] == "wait":
-            entries[message["id"]] = message["trigger"]
-            self.pending[key] = compact(entries)
+            trigger = Trigger.from_dict(message["trigger"])
+            if entry_id(trigger) not in entries:  # else a replayed wait message
+                entries[entry_id(trigger)] = trigger
+                self.pending[key] = encode_pending(entries.values())
+                self.index.add(self._partition(key), key, trigger.due_at)
             return
-        self._fired.discard(message["id"])
         stored = entries.pop(message["id"], None)
         if stored is None:
             return  # already handled (a duplicate due message)
-        trigger = Trigger.from_dict(stored)
         now = time.time()
-        if profile is None or not still_valid(trigger, profile, now, self.policy):
-            metrics.DECISIONS.labels(trigger=trigger.kind.value, outcome="cancelled").inc()
+        if profile is None or not still_valid(stored, profile, now, self.policy):
+            metrics.DECISIONS.labels(trigger=stored.kind.value, outcome="cancelled").inc()
         else:
-            await self._run([(trigger, profile)], now)
+            await self._run([(stored, profile)], now)
             # The decision is on the broker before the entry that calls for it is gone: a
             # crash in between decides it again (same decision id, never published twice).
             await self._flush_sends()
         if entries:
-            self.pending[key] = compact(entries)
+            self.pending[key] = encode_pending(entries.values())
         else:
             del self.pending[key]
 
@@ -203,14 +215,53 @@ class DecisionEngine:
         await asyncio.gather(*self.take_sent())
 
     async def fire_due(self) -> None:
-        """Timer: re-send due entries of this worker's partitions as ``due`` messages."""
-        now = time.time()
-        for key, raw in list(self.pending.items()):
-            for entry_key, trigger in orjson.loads(raw).items():
-                if trigger["due_at"] <= now and entry_key not in self._fired:
-                    self._fired.add(entry_key)
-                    message = orjson.dumps({"kind": "due", "id": entry_key})
-                    await self.deferred_topic.send(key=key, value=message)
+        """Timer: re-send the due entries of this worker's partitions as ``due`` messages."""
+        due = list(self.index.pop_due(time.time()).items())
+        for done, (key, times) in enumerate(due):
+            try:
+                await self._fire(key, times)
+            except BaseException:
+                for unsent, unsent_times in due[done:]:  # tried again at the next tick
+                    for due_at in unsent_times:
+                        self.index.add(self._partition(unsent), unsent, due_at)
+                raise
+
+    async def _fire(self, key: bytes, times: set[float]) -> None:
+        raw = self.pending.get(key)
+        if raw is None:
+            return  # handled or erased since it was indexed
+        for trigger in decode_pending(raw, key.decode()):
+            if trigger.due_at in times:
+                message = orjson.dumps({"kind": "due", "id": entry_id(trigger)})
+                await self.deferred_topic.send(key=key, value=message)
+
+    async def rebuild_index(self) -> None:
+        """After table recovery: index every entry of the partitions now assigned.
+
+        Recovery has left the table with exactly those; the scan yields to the event loop
+        every :data:`REBUILD_YIELD_EVERY` users, and a rebuild that a newer one (the next
+        rebalance) overtakes stops.
+        """
+        self._rebuilds += 1
+        rebuild = self._rebuilds
+        self.index.clear()
+        for n, key in enumerate(list(self.pending.keys())):
+            if n % REBUILD_YIELD_EVERY == REBUILD_YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+                if rebuild != self._rebuilds:
+                    return
+            raw = self.pending.get(key)
+            if raw is not None:
+                for trigger in decode_pending(raw, key.decode()):
+                    self.index.add(self._partition(key), key, trigger.due_at)
+
+    async def _on_partitions_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        self.index.drop(sorted({tp.partition for tp in revoked if tp.topic == self.settings.topics.deferred}))
+
+    def _partition(self, key: bytes) -> int:
+        # Keyed commands reach the deferred topic through the standard partitioner, and a
+        # table entry lives in the partition of the command that wrote it.
+        return partition_of(key, self.settings.partitions)
 
     # --- deciding --------------------------------------------------------------------
 
@@ -339,6 +390,3 @@ async def published_decisions(
         await consumer.stop()
     return found
 
-
-def entry_id(trigger: Trigger) -> str:
-    return f"{trigger.kind.value}:{trigger.event_id}:{trigger.due_at:.3f}"

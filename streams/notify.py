@@ -74,7 +74,7 @@ from streams.notify_loop import (
     process_batch,
     run_notifier,
 )
-from streams.notify_parse import Decision, parse_decision
+from streams.notify_parse import ReceivedPush, parse_decision
 from streams.settings import Settings
 
 __all__ = [
@@ -83,11 +83,11 @@ __all__ = [
     "DEFAULT_METRICS_PORT",
     "Backoff",
     "BatchOutcome",
-    "Decision",
     "DecisionHandler",
     "DecisionSender",
     "JsonLinesSender",
     "NotifyMetrics",
+    "ReceivedPush",
     "RunLimits",
     "SeenDecisions",
     "add_notify_arguments",

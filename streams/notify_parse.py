@@ -5,7 +5,7 @@ and ``expires_at``, is not a decision (None); the rest of the record goes to the
 unchanged (``schemas/decision.v1.json``).
 
 >>> parse_decision(b'{"decision_id": "d1", "decided_at": 10, "expires_at": 70.5}')
-Decision(decision_id='d1', decided_at=10.0, expires_at=70.5, doc={'decision_id': 'd1', 'decided_at': 10, 'expires_at': 70.5})
+ReceivedPush(decision_id='d1', decided_at=10.0, expires_at=70.5, doc={'decision_id': 'd1', 'decided_at': 10, 'expires_at': 70.5})
 >>> parse_decision(b'{"decision_id": "d1", "decided_at": NaN}') is None
 True
 """
@@ -20,7 +20,7 @@ import orjson
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class ReceivedPush:
     """The fields this worker acts on, and the whole decoded record for the sender."""
 
     decision_id: str
@@ -29,7 +29,7 @@ class Decision:
     doc: dict[str, Any]
 
 
-def parse_decision(raw: bytes | None) -> Decision | None:
+def parse_decision(raw: bytes | None) -> ReceivedPush | None:
     """The decision in a record's value, or None if it lacks what this worker needs."""
     try:
         doc = orjson.loads(raw or b"")
@@ -44,7 +44,7 @@ def parse_decision(raw: bytes | None) -> Decision | None:
         return None
     if decided_at is None or expires_at is None:
         return None
-    return Decision(decision_id, decided_at, expires_at, doc)
+    return ReceivedPush(decision_id, decided_at, expires_at, doc)
 
 
 def _finite_number(value: Any) -> float | None:

@@ -23,7 +23,7 @@ all of which it deletes at the end:
    excluded. The worker feeds itself (co-occurrence increments, segment samples, delayed
    triggers), so the clock stops when its consumer group has no lag left on any topic;
    ``ingest_eps`` is the rate until ``/metrics`` counted every event.
-4. **Memory** (``bytes_per_user``). VmRSS of the worker once it has drained the backlog,
+4. **Memory** (``rss_bytes_per_user``, also ``bytes_per_user``). VmRSS of the worker once it has drained the backlog,
    minus VmRSS when it turned ready, divided by the users that occur in the backlog: an
    upper bound of the per-user state, as item rows, the segment model, buffers and
    allocator slack are in the difference too. ``tables`` gives the state itself: keys and

@@ -15,7 +15,10 @@ GOAL_THROUGHPUT_RATIO: Final = 0.5
 #: Pipeline events/s as a share of the Faust batch peer's, measured in the same run.
 GOAL_RATIO_VS_FAUST: Final = 0.8
 GOAL_P99_DECISION_MS: Final = 50.0
-GOAL_BYTES_PER_USER: Final = 1024.0
+#: Per active user (issue #14): the tables' encoded state, and the worker's RSS growth
+#: (memory store).
+GOAL_ENCODED_BYTES_PER_USER: Final = 1024.0
+GOAL_RSS_BYTES_PER_USER: Final = 4096.0
 #: Event-time rate of the backlog: 100k events span about 100 s ending just before now,
 #: so none is in the future and none is too old for the co-occurrence window.
 BACKLOG_EVENTS_PER_S: Final = 1000.0

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from load.bench.common import (
-    GOAL_BYTES_PER_USER,
+    GOAL_ENCODED_BYTES_PER_USER,
     GOAL_P99_DECISION_MS,
     GOAL_RATIO_VS_FAUST,
+    GOAL_RSS_BYTES_PER_USER,
     GOAL_THROUGHPUT_RATIO,
     QUANTILES,
 )
@@ -51,7 +52,8 @@ def versions() -> dict[str, str]:
 
 
 def goals(
-    ratio: float, ratio_vs_faust: float, p99_ms: float | None, bytes_per_user: float
+    ratio: float, ratio_vs_faust: float, p99_ms: float | None, rss_per_user: float,
+    encoded_per_user: float,
 ) -> dict[str, Any]:
     return {
         "throughput_ratio": {"goal": f">= {GOAL_THROUGHPUT_RATIO}", "met": ratio >= GOAL_THROUGHPUT_RATIO},
@@ -60,7 +62,13 @@ def goals(
             "goal": f"<= {GOAL_P99_DECISION_MS:.0f}",
             "met": None if p99_ms is None else p99_ms <= GOAL_P99_DECISION_MS,
         },
-        "bytes_per_user": {"goal": f"<= {GOAL_BYTES_PER_USER:.0f}", "met": bytes_per_user <= GOAL_BYTES_PER_USER},
+        "rss_bytes_per_user": {
+            "goal": f"<= {GOAL_RSS_BYTES_PER_USER:.0f}", "met": rss_per_user <= GOAL_RSS_BYTES_PER_USER,
+        },
+        "encoded_bytes_per_user": {
+            "goal": f"<= {GOAL_ENCODED_BYTES_PER_USER:.0f}",
+            "met": encoded_per_user <= GOAL_ENCODED_BYTES_PER_USER,
+        },
     }
 
 
@@ -102,9 +110,11 @@ def render_table(result: Mapping[str, Any]) -> str:
          f"{_verdict(goal['p99_decision_ms']['met'])}"),
         ("  pushed only", f"{_triple(result['push_latency_ms'])} ms", ""),
         ("event→processed (histogram)", f"{_triple(result['event_lag_ms'])} ms", "worker's event-lag histogram"),
-        ("state per active user", f"{result['bytes_per_user']:,.0f} B",
-         f"goal {goal['bytes_per_user']['goal']} B: {_verdict(goal['bytes_per_user']['met'])}"),
-        ("  tables, encoded", f"{result['encoded_bytes_per_user']:,.0f} B", _split(result)),
+        ("RSS growth per active user", f"{result['rss_bytes_per_user']:,.0f} B",
+         f"goal {goal['rss_bytes_per_user']['goal']} B: {_verdict(goal['rss_bytes_per_user']['met'])}"),
+        ("  tables, encoded", f"{result['encoded_bytes_per_user']:,.0f} B",
+         f"goal {goal['encoded_bytes_per_user']['goal']} B: "
+         f"{_verdict(goal['encoded_bytes_per_user']['met'])}; {_split(result)}"),
         ("Kafka messages per event", f"{sum(result['messages_per_event'].values()):.2f}",
          "written by the worker, all topics"),
         ("consumer lag at the end", f"{result['lag_end']:,}", ""),

@@ -133,6 +133,8 @@ async def _measure(
         # CPU seconds per second of the worker process (1.0 = one core fully busy).
         "worker_cpu": {"pipeline": round(pipeline_cpu, 2), "latency": latency_cpu},
         **latency,
+        # RSS growth per active user; bytes_per_user is its older name.
+        "rss_bytes_per_user": round(memory, 1),
         "bytes_per_user": round(memory, 1),
         "tables": tables,
         # The name and the older one, for reports that compare with earlier runs.
@@ -150,5 +152,5 @@ async def _measure(
             "pipeline": round(pipeline.full.seconds, 2),
         },
         "worker_env": dict(config.worker_env),
-        "goals": goals(ratio, ratio_vs_faust, latency["latency_ms"]["p99"], memory),
+        "goals": goals(ratio, ratio_vs_faust, latency["latency_ms"]["p99"], memory, encoded_per_user),
     }

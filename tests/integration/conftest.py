@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from load import services
 from streams import settings
@@ -286,6 +287,27 @@ def deployment(
     asyncio.run(create_topics(deployment.settings))
     yield deployment
     deployment.stop_all()
+    asyncio.run(delete_topics(deployment.settings))
+
+
+async def delete_topics(config: settings.Settings) -> None:
+    """Delete a finished deployment's topics, its own and its workers' internal ones.
+
+    Without this the shared broker gathers thousands of partitions over a suite run, and
+    every later topic creation, rebalance and restart of that broker gets slower.
+    """
+    admin = AIOKafkaAdminClient(**config.aiokafka_kwargs())
+    await admin.start()
+    try:
+        ours = [
+            name
+            for name in await admin.list_topics()
+            if name.startswith((config.topic_prefix, f"{config.app_id}-"))
+        ]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()
 
 
 async def produce(

@@ -105,7 +105,9 @@ def _check_latency(result: dict[str, Any]) -> None:
 def _check_memory(result: dict[str, Any]) -> None:
     ready, drained = result["rss_ready_bytes"], result["rss_drained_bytes"]
     assert ready > 0 and drained > 0
-    assert result["bytes_per_user"] == pytest.approx((drained - ready) / result["active_users"], abs=0.1)
+    assert result["rss_bytes_per_user"] == pytest.approx((drained - ready) / result["active_users"], abs=0.1)
+    assert result["bytes_per_user"] == result["rss_bytes_per_user"]
+    assert result["goals"]["rss_bytes_per_user"]["met"] == (result["rss_bytes_per_user"] <= 4096)
     tables = result["tables"]
     # Read once the backlog is drained: one profile per user of the backlog.
     assert tables["profiles"]["keys"] == result["active_users"]
@@ -114,6 +116,7 @@ def _check_memory(result: dict[str, Any]) -> None:
     assert encoded > 0
     assert result["encoded_bytes_per_user"] == pytest.approx(encoded, abs=0.1)
     assert result["table_bytes_per_user"] == result["encoded_bytes_per_user"]
+    assert result["goals"]["encoded_bytes_per_user"]["met"] == (result["encoded_bytes_per_user"] <= 1024)
 
 
 def _check_context(result: dict[str, Any]) -> None:

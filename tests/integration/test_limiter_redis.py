@@ -108,7 +108,7 @@ async def test_every_key_expires_once_its_content_is_irrelevant(
     }
     client = Redis.from_url(local_services.redis_url, decode_responses=True)
     try:
-        keys = [key async for key in client.scan_iter(match=limiter.prefix + "*")]
+        keys = [key async for key in client.scan_iter(match=limiter.keys.prefix + "*")]
         assert {key.rpartition(":")[2] for key in keys} >= {"pushes", "items", "records", "decided"}
         for key in keys:
             ttl_ms = await client.pttl(key)  # -2: expired since the scan, -1: never expires

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -158,3 +160,39 @@ def test_a_replay_is_recognised_by_its_source_position_and_time() -> None:
     assert not profile.replayed("events.click/0", 3, T0), "another source has its own positions"
     assert not profile.replayed("events.view/0", 5, T0 + 60), "a newer event after a topic re-creation"
     assert Profile.from_bytes(profile.to_bytes()).positions == {"events.view/0": 41}
+
+
+def version_1(profile: Profile) -> bytes:
+    """The encoding of the profiles table before the fingerprints were packed."""
+    return orjson.dumps([
+        1, profile.user_id, profile.first_ts, profile.last_ts, profile.categories,
+        [profile.activity, profile.clicks, profile.buys, profile.price_log_sum, profile.price_weight],
+        [[r.item_id, r.category, r.ts, r.type.value] for r in profile.recent],
+        profile.bought, profile.seen, profile.events,
+        [profile.session_id, profile.session_start, profile.session_events], profile.tz, profile.positions,
+    ])
+
+
+@given(events_strategy)
+def test_a_version_1_profile_still_decodes(events: list[Event]) -> None:
+    profile = None
+    for event in events:
+        profile, _ = update(profile, event, T0 + 10 * 86400, CONFIG)
+    if profile is None:
+        return
+    assert Profile.from_bytes(version_1(profile)) == profile
+
+
+def test_seen_fingerprints_are_packed_in_8_bytes_each() -> None:
+    config = ProfileConfig(dedupe_window=32)
+    profile = apply(*(ev(n, ts=T0 + n) for n in range(40)), config=config)
+    assert len(profile.seen) == 32
+
+    assert len(version_1(profile)) - len(profile.to_bytes()) > 32 * (19 - 8)
+
+
+def test_an_unknown_profile_encoding_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unsupported profile encoding"):
+        Profile.from_bytes(b"\x09")
+    with pytest.raises(ValueError, match="dedupe_window"):
+        ProfileConfig(dedupe_window=70_000)
