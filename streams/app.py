@@ -118,6 +118,7 @@ class Worker:
         self.cooc = CoocAgent(
             self.app, self.topics.cooc_pairs, cooc_table, CoocRows(cooc_config), related,
             self.refetcher, HeldAcks(self.app, lambda: self.recovered_generation, "cooc"),
+            settings.state_cache_max_keys,
         )
         self.commands = CommandAgent(
             settings, deferred_topic, self.redis, self.profiles,

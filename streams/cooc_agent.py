@@ -46,6 +46,7 @@ class CoocAgent:
         related: RelatedItemsStore,
         refetcher: Refetcher,
         acks: HeldAcks,
+        max_clean: int,
     ) -> None:
         self.app = app
         self.topic = topic
@@ -54,7 +55,7 @@ class CoocAgent:
         self.related = related
         self.refetcher = refetcher
         self.cache: WriteBehind[bytes, bytes, EventT[bytes], Taken] = WriteBehind(
-            table.get, self._write, acks, max_held=ROWS_CHECKPOINT[0]
+            table.get, self._write, acks, max_held=ROWS_CHECKPOINT[0], max_clean=max_clean
         )
 
     async def consume(self, stream: faust.StreamT[bytes]) -> None:

@@ -17,9 +17,12 @@ acknowledgements* of the batches it has seen; a checkpoint
 3. acknowledges every held batch: Faust flushes the writes before it commits those offsets.
 
 Checkpoints run when enough events are held (:attr:`max_held`) and from a timer, well
-under the commit interval. Values are kept decoded, so a read costs no decode; values
-read from the table are dropped by :meth:`forget` (on a rebalance: their partitions may
-have moved, and a recovery may rewrite them).
+under the commit interval. Values are kept decoded, so a read costs no decode. Values
+as the table holds them (*clean*: read, or written by a checkpoint) are kept for at most
+``max_clean`` keys, the least recently used evicted first; changed values (*dirty*) are
+never evicted: they are the only copy until a checkpoint writes them. Clean values are
+dropped by :meth:`forget` (on a rebalance: their partitions may have moved, and a
+recovery may rewrite them).
 
 Example, with a dict for the table and a list of acknowledged batches:
 
@@ -36,7 +39,8 @@ Example, with a dict for the table and a list of acknowledged batches:
 ...         raise AssertionError("nothing overlapped a rebalance")
 >>> acks = ListAcks()
 >>> cache: WriteBehind[str, int, str, str] = WriteBehind(
-...     table.get, lambda key, value, event: table.__setitem__(key, value), acks, max_held=100
+...     table.get, lambda key, value, event: table.__setitem__(key, value), acks, max_held=100,
+...     max_clean=1000,
 ... )
 >>> for batch in ["b1", "b2", "b3"]:
 ...     cache.put("clicks", (cache.get("clicks") or 0) + 1, event=batch)
@@ -50,6 +54,7 @@ Example, with a dict for the table and a list of acknowledged batches:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
@@ -77,6 +82,7 @@ class WriteBehind(Generic[K, V, E, H]):
 
     ``load`` reads a key's stored value (decoded), ``write`` stores one (encoded, acting
     for the event given). Between two checkpoints, :meth:`put` only changes memory.
+    At most ``max_clean`` unchanged values are kept (0: none, every read loads).
     """
 
     def __init__(
@@ -85,14 +91,19 @@ class WriteBehind(Generic[K, V, E, H]):
         write: Callable[[K, V, E], None],
         acks: Acks[H],
         max_held: int,
+        max_clean: int,
     ) -> None:
+        if max_clean < 0:
+            raise ValueError(f"max_clean must be at least 0, not {max_clean}")
         self._load = load
         self._write = write
         self._acks = acks
         #: A checkpoint runs as soon as this many events are held.
         self.max_held = max_held
-        #: Values as the table holds them (read, or written by a checkpoint).
-        self._clean: dict[K, V] = {}
+        self.max_clean = max_clean
+        #: Values as the table holds them (read, or written by a checkpoint), least
+        #: recently used first.
+        self._clean: OrderedDict[K, V] = OrderedDict()
         #: Values changed since the last checkpoint, with the latest event changing each.
         self._dirty: dict[K, tuple[V, E]] = {}
         self._held: list[H] = []
@@ -106,11 +117,19 @@ class WriteBehind(Generic[K, V, E, H]):
         if key in self._dirty:
             return self._dirty[key][0]
         if key in self._clean:
+            self._clean.move_to_end(key)
             return self._clean[key]
         value = self._load(key)
         if value is not None:
-            self._clean[key] = value
+            self._keep(key, value)
         return value
+
+    def _keep(self, key: K, value: V) -> None:
+        """Keep a clean value, evicting the least recently used beyond ``max_clean``."""
+        self._clean[key] = value
+        self._clean.move_to_end(key)
+        while len(self._clean) > self.max_clean:
+            self._clean.popitem(last=False)
 
     def put(self, key: K, value: V, event: E) -> None:
         """Set the key's value; written at the next checkpoint, acting for ``event``."""
@@ -151,7 +170,7 @@ class WriteBehind(Generic[K, V, E, H]):
             return
         for key, (value, event) in dirty.items():
             self._write(key, value, event)
-            self._clean[key] = value
+            self._keep(key, value)
         self.written += len(dirty)
         await self._acks.ack(held)
 

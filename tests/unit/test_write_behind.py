@@ -1,11 +1,14 @@
 """The write-behind cache: each changed key written once per checkpoint, after its batch's
-side effects and before its batch is acknowledged; nothing of a released batch written."""
+side effects and before its batch is acknowledged; nothing of a released batch written;
+at most ``max_clean`` unchanged values kept, and a changed one never evicted unwritten."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -39,6 +42,11 @@ class FakeTable:
     rows: dict[str, int] = field(default_factory=dict)
     writes: list[tuple[str, int, Event]] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    loads: list[str] = field(default_factory=list)
+
+    def load(self, key: str) -> int | None:
+        self.loads.append(key)
+        return self.rows.get(key)
 
     def write(self, key: str, value: int, event: Event) -> None:
         self.log.append("write")
@@ -46,10 +54,12 @@ class FakeTable:
         self.writes.append((key, value, event))
 
 
-def make(max_held: int = 1000) -> tuple[WriteBehind[str, int, Event, int], FakeTable, FakeAcks]:
+def make(
+    max_held: int = 1000, max_clean: int = 1000
+) -> tuple[WriteBehind[str, int, Event, int], FakeTable, FakeAcks]:
     table, acks = FakeTable(), FakeAcks()
     acks.log = table.log
-    return WriteBehind(table.rows.get, table.write, acks, max_held), table, acks
+    return WriteBehind(table.load, table.write, acks, max_held, max_clean), table, acks
 
 
 def run(cache: WriteBehind[str, int, Event, int], batch: int, puts: list[tuple[str, int]]) -> None:
@@ -106,24 +116,63 @@ def test_an_empty_checkpoint_does_nothing() -> None:
     assert table.log == [] and acks.acked == [] and acks.released == []
 
 
+def test_the_least_recently_used_clean_value_is_evicted_first() -> None:
+    cache, table, _ = make(max_clean=2)
+    table.rows.update(a=1, b=2, c=3)
+    for key in ["a", "b", "a", "c"]:  # "b" is the least recently used when "c" comes
+        cache.get(key)
+    table.loads.clear()
+    assert [cache.get(key) for key in ["a", "c", "b"]] == [1, 3, 2]
+    assert table.loads == ["b"]
+
+
+def test_a_changed_value_outlives_any_number_of_reads_until_written() -> None:
+    cache, table, acks = make(max_clean=1)
+    table.rows.update(a=1, b=2, c=3)
+    run(cache, 0, [("a", 10)])
+    for key in ["b", "c", "b", "c"]:
+        cache.get(key)
+    assert cache.get("a") == 10 and "a" not in table.loads
+    asyncio.run(cache.checkpoint())
+    assert table.rows["a"] == 10 and acks.acked == [0]
+
+
+def test_with_no_room_every_unchanged_read_loads() -> None:
+    cache, table, _ = make(max_clean=0)
+    table.rows["a"] = 1
+    run(cache, 0, [("b", 5)])
+    assert [cache.get("a"), cache.get("a"), cache.get("b")] == [1, 1, 5]
+    assert table.loads == ["a", "a"]
+
+
+def test_a_negative_bound_is_refused() -> None:
+    table, acks = FakeTable(), FakeAcks()
+    with pytest.raises(ValueError, match=re.escape("max_clean must be at least 0, not -1")):
+        WriteBehind(table.load, table.write, acks, max_held=1, max_clean=-1)
+
+
 puts = st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 9)), max_size=4)
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("batch"), puts),
         st.tuples(st.just("checkpoint"), st.just([])),
         st.tuples(st.just("rebalance"), st.just([])),
+        st.tuples(st.just("read"), st.lists(st.tuples(st.sampled_from("abcdefgh"), st.just(0)))),
     ),
     max_size=30,
 )
 
 
-@given(operations, st.integers(1, 8))
+@given(operations, st.integers(1, 8), st.integers(0, 3), st.dictionaries(st.sampled_from("efgh"), st.integers(0, 9)))
 def test_what_is_written_is_the_latest_value_of_each_acknowledged_key(
-    ops: list[tuple[str, list[tuple[str, int]]]], max_held: int
+    ops: list[tuple[str, list[tuple[str, int]]]], max_held: int, max_clean: int, stored: dict[str, int]
 ) -> None:
-    cache, table, acks = make(max_held)
+    """Whatever the bound and reads evict, the table ends as without a cache (batches
+    applied in order, a released one's values dropped), and reads always see the latest."""
+    cache, table, acks = make(max_held, max_clean)
+    table.rows.update(stored)
     # The reference: batches since the last checkpoint, applied or dropped all at once.
-    expected: dict[str, int] = {}
+    expected: dict[str, int] = dict(stored)
     writer: dict[str, Event] = {}
     held: list[tuple[int, list[tuple[str, int]]]] = []
     overlapped: set[int] = set()
@@ -159,11 +208,16 @@ def test_what_is_written_is_the_latest_value_of_each_acknowledged_key(
             assert len(new_keys) == len(set(new_keys))  # once per key per checkpoint
             reference_checkpoint()
             held_events = 0
+        elif kind == "read":
+            for key, _ in batch_puts:
+                cache.get(key)
         else:
             acks.overlapped.update(b for b, _ in held)
             overlapped.update(b for b, _ in held)
             cache.forget()
-        for key in "abcd":  # a read sees the latest value, written or not
+        # Only unchanged values may be evicted, and never more than the bound is kept.
+        assert len(cache._clean) <= max_clean
+        for key in "abcdefgh":  # a read sees the latest value, written or not
             pending = [v for _, p in held for k, v in p if k == key]
             assert cache.get(key) == (pending[-1] if pending else expected.get(key))
     assert table.rows == expected
