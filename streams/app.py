@@ -12,6 +12,7 @@ profile (see ``models.profile``) and by deterministic decision ids.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -138,7 +139,9 @@ class Worker:
         self._every(1.0, self.decisions.fire_due)
         self._every(min(RETENTION_SWEEP_S, eraser.retention_s / 10), eraser.sweep)
         self._every(FLUSH_INTERVAL_S, self.cooc.flush_related)
-        self._every(ROWS_CHECKPOINT[1], self.cooc.checkpoint_rows)
+        # Also while the worker stops: Faust then waits for every held batch (wait_empty)
+        # with its timers already ended; without a checkpoint it waited until killed.
+        self._every(ROWS_CHECKPOINT[1], self.cooc.checkpoint_rows, through_stop=True)
         self._every(SNAPSHOT_INTERVAL_S, trainer.publish_segments)
         gauges = Gauges(self.app, self.topics, self.profiles, cooc_table, self.segments, self.redis)
         self._every(5.0, gauges.refresh)
@@ -153,11 +156,15 @@ class Worker:
         self._every(SAMPLE_INTERVAL_S, dashboard.sample_ctr)
         dashboard.add_pages(self.app)
 
-    def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+    def _every(
+        self, seconds: float, job: Callable[[], Awaitable[Any]], through_stop: bool = False
+    ) -> None:
         """Run ``job`` every ``seconds``; a failure is logged and counted, not fatal.
 
         An exception in a Faust timer stops the whole worker: a gauge refresh that meets
         a partition in the middle of a rebalance must not take the event path down.
+        A Faust timer ends as soon as the app starts stopping; ``through_stop`` keeps
+        ``job`` running until the app's tasks are cancelled, after its consumer stopped.
         """
         name = getattr(job, "__name__", "timer").lstrip("_")
 
@@ -169,7 +176,17 @@ class Worker:
                 log.exception("timer %s failed; it runs again in %.0f s", name, seconds)
 
         guarded.__name__ = f"timer_{name}"
-        self.app.timer(seconds)(guarded)
+        if not through_stop:
+            self.app.timer(seconds)(guarded)
+            return
+
+        async def until_cancelled() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                await guarded()
+
+        until_cancelled.__name__ = guarded.__name__
+        self.app.task(until_cancelled)
 
     def _table(self, name: str) -> TableT[bytes, bytes]:
         # key_type/value_type decide how *recovery* decodes the changelog; the schema how
