@@ -54,14 +54,15 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from models.encoding import compact
+from models.binary import Reader, Writer
 from models.events import Event, EventType
 from models.popularity import Bound, DecayedCounter
 from models.profile import DEFAULT_EVENT_WEIGHTS, RecentItem, decay
 
 ENCODING_VERSION: Final = 1
-#: Rows carry the source positions they have applied (see :meth:`Row.applied`).
-ROW_ENCODING_VERSION: Final = 2
+#: Version 3 rows are binary; 2 and 1 were orjson arrays (1 without the source positions
+#: a row has applied, see :meth:`Row.applied`).
+ROW_ENCODING_VERSION: Final = 3
 
 
 class Scoring(StrEnum):
@@ -255,20 +256,52 @@ class Row(DecayedValue):
         self.positions[source] = position
 
     def to_bytes(self) -> bytes:
-        """Positional orjson form, about ``M * (len(item_id) + 25)`` bytes."""
-        ts = self.ts if math.isfinite(self.ts) else None
-        return compact(
-            [ROW_ENCODING_VERSION, self.value, ts, self.positions, *self.neighbours.to_list()]
-        )
+        """Binary form (version 3, see :mod:`models.binary`): about
+        ``M * (len(item_id) + 9)`` bytes.
+
+        Exact: weights are doubles, times exact, positions varints. Float32 neighbour
+        weights would save 4 bytes each, but the rounding, compounded over the writes
+        of a row, changed the related lists of 18 of 1,449 items of the bench's backlog
+        (the pruning keeps or drops a neighbour on exact comparisons; docs/BENCHMARKS.md).
+        """
+        weights = self.neighbours.weights
+        w = Writer(ROW_ENCODING_VERSION)
+        w.f64(self.value)
+        w.time(self.ts, base=0.0)
+        w.uint(len(self.positions))
+        for source, position in self.positions.items():
+            w.text(source)
+            w.sint(position)
+        w.time(self.neighbours.landmark, base=0.0)
+        w.f64(self.neighbours.mass)
+        w.uint(len(weights))
+        for other, weight in weights.items():
+            w.text(other)
+            w.f64(weight)
+        return w.getvalue()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Row:
+        """Any version: 3 (:meth:`to_bytes`), 2 or 1 (orjson arrays, 1 without positions)."""
+        if raw[:1] == bytes((ROW_ENCODING_VERSION,)):
+            return cls._from_binary(Reader(raw, 1))
         data: list[Any] = orjson.loads(raw)
         ts = -math.inf if data[2] is None else data[2]
-        if data[0] == ROW_ENCODING_VERSION:
+        if data[0] == 2:
             return cls(data[1], ts, DecayedCounter.from_list(data[4:]), data[3])
         _check_version(data[0], "row")  # version 1: written before rows had positions
         return cls(data[1], ts, DecayedCounter.from_list(data[3:]))
+
+    @classmethod
+    def _from_binary(cls, r: Reader) -> Row:
+        value = r.f64()
+        ts = r.time(base=0.0)
+        positions = {r.text(): r.sint() for _ in range(r.uint())}
+        landmark = r.time(base=0.0)
+        mass = r.f64()
+        weights = {r.text(): r.f64() for _ in range(r.uint())}
+        r.end()
+        return cls(value, ts, DecayedCounter(landmark, mass, weights), positions)
 
 
 def score_row(
