@@ -37,9 +37,10 @@ def _unzigzag(n: int) -> int:
 
 def millis(ts: float) -> int | None:
     """``ts`` in whole milliseconds if that is exact (it reads back as the same float)."""
-    if not math.isfinite(ts):
+    scaled = ts * 1000
+    if not math.isfinite(scaled):
         return None
-    ms = round(ts * 1000)
+    ms = round(scaled)
     return ms if ms / 1000 == ts else None
 
 
