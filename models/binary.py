@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from typing import Final
 
 _F64: Final = struct.Struct("<d")
@@ -87,6 +88,19 @@ class Writer:
     def raw(self, data: bytes) -> None:
         self._buf += data
 
+    def text_doubles(self, mapping: Mapping[str, float]) -> None:
+        """A count, then each key as :meth:`text` and its value as :meth:`f64`."""
+        self.uint(len(mapping))
+        buf, pack = self._buf, _F64.pack
+        for key, value in mapping.items():
+            raw = key.encode()
+            if len(raw) < 0x80:  # inlined: a row has up to 50 of these
+                buf.append(len(raw))
+            else:
+                self.uint(len(raw))
+            buf += raw
+            buf += pack(value)
+
     def time(self, ts: float, base: float) -> None:
         """``ts`` exactly, in few bytes when it and ``base`` are whole milliseconds."""
         ms, base_ms = millis(ts), millis(base)
@@ -141,6 +155,21 @@ class Reader:
     def raw(self, size: int) -> bytes:
         return self._bytes(size)
 
+    def text_doubles(self) -> dict[str, float]:
+        """What :meth:`Writer.text_doubles` wrote."""
+        count = self.uint()
+        raw, unpack, out = self._raw, _F64.unpack_from, {}
+        for _ in range(count):
+            size = raw[self._pos]
+            if size < 0x80:  # inlined, as in the writer
+                self._pos += 1
+            else:
+                size = self.uint()
+            key_end = self._pos + size
+            (out[raw[self._pos : key_end].decode()],) = unpack(raw, key_end)
+            self._pos = key_end + _F64.size
+        return out
+
     def time(self, base: float) -> float:
         code = self.uint()
         if code & _TIME_IS_DOUBLE:
@@ -156,4 +185,4 @@ class Reader:
             raise ValueError("the record ends inside a field")
         data = self._raw[self._pos : end]
         self._pos = end
-        return bytes(data)
+        return data

@@ -264,7 +264,6 @@ class Row(DecayedValue):
         of a row, changed the related lists of 18 of 1,449 items of the bench's backlog
         (the pruning keeps or drops a neighbour on exact comparisons; docs/BENCHMARKS.md).
         """
-        weights = self.neighbours.weights
         w = Writer(ROW_ENCODING_VERSION)
         w.f64(self.value)
         w.time(self.ts, base=0.0)
@@ -274,10 +273,7 @@ class Row(DecayedValue):
             w.sint(position)
         w.time(self.neighbours.landmark, base=0.0)
         w.f64(self.neighbours.mass)
-        w.uint(len(weights))
-        for other, weight in weights.items():
-            w.text(other)
-            w.f64(weight)
+        w.text_doubles(self.neighbours.weights)
         return w.getvalue()
 
     @classmethod
@@ -299,7 +295,7 @@ class Row(DecayedValue):
         positions = {r.text(): r.sint() for _ in range(r.uint())}
         landmark = r.time(base=0.0)
         mass = r.f64()
-        weights = {r.text(): r.f64() for _ in range(r.uint())}
+        weights = r.text_doubles()
         r.end()
         return cls(value, ts, DecayedCounter(landmark, mass, weights), positions)
 
