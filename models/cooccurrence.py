@@ -288,6 +288,11 @@ class Row(DecayedValue):
         _check_version(data[0], "row")  # version 1: written before rows had positions
         return cls(data[1], ts, DecayedCounter.from_list(data[3:]))
 
+    @staticmethod
+    def is_encoded(raw: bytes) -> bool:
+        """Whether ``raw`` starts as a row of some version does (JSON or the version byte)."""
+        return raw[:1] in (b"[", bytes((ROW_ENCODING_VERSION,)))
+
     @classmethod
     def _from_binary(cls, r: Reader) -> Row:
         value = r.f64()
