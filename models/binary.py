@@ -42,7 +42,10 @@ def millis(ts: float) -> int | None:
     if not math.isfinite(scaled):
         return None
     ms = round(scaled)
-    return ms if ms / 1000 == ts else None
+    # -0.0 would read back as 0.0: equal, but not the same float.
+    if ms / 1000 != ts or (ms == 0 and math.copysign(1.0, ts) < 0):
+        return None
+    return ms
 
 
 class Writer:

@@ -78,12 +78,14 @@ def test_a_millisecond_time_within_nine_hours_of_its_base_takes_at_most_four_byt
     assert Reader(w.getvalue()).time(base=T0) == ts
 
 
-def test_a_time_with_finer_digits_is_kept_whole() -> None:
+def test_a_time_with_finer_digits_or_a_sign_of_zero_is_kept_whole() -> None:
     w = Writer()
     w.time(T0 + 0.0001, base=T0)
     w.time(T0, base=math.nan)
+    w.time(-0.0, base=0.0)
     r = Reader(w.getvalue())
     assert (r.time(base=T0), r.time(base=math.nan)) == (T0 + 0.0001, T0)
+    assert same_float(r.time(base=0.0), -0.0)
 
 
 def test_a_truncated_or_overlong_record_is_an_error() -> None:
