@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from typing import Final
 
 _F64: Final = struct.Struct("<d")
+#: A length nibble of :meth:`Writer.sorted_text_doubles` that says a varint follows.
+_NIBBLE: Final = 15
 #: The low bit of a time's varint: set when an 8-byte double follows instead.
 _TIME_IS_DOUBLE: Final = 1
 
@@ -91,18 +93,26 @@ class Writer:
     def raw(self, data: bytes) -> None:
         self._buf += data
 
-    def text_doubles(self, mapping: Mapping[str, float]) -> None:
-        """A count, then each key as :meth:`text` and its value as :meth:`f64`."""
+    def sorted_text_doubles(self, mapping: Mapping[str, float]) -> None:
+        """A count, then the keys in byte order, each as the length of the prefix it shares
+        with the previous key and the rest (both in one byte when below 15), each followed
+        by its value as :meth:`f64`. Similar ids (``i1692``, ``i1697``) cost their tail."""
         self.uint(len(mapping))
         buf, pack = self._buf, _F64.pack
-        for key, value in mapping.items():
-            raw = key.encode()
-            if len(raw) < 0x80:  # inlined: a row has up to 50 of these
-                buf.append(len(raw))
-            else:
-                self.uint(len(raw))
-            buf += raw
+        previous = b""
+        for raw, value in sorted((key.encode(), value) for key, value in mapping.items()):
+            shared, limit = 0, min(len(previous), len(raw))
+            while shared < limit and previous[shared] == raw[shared]:
+                shared += 1
+            rest = len(raw) - shared
+            buf.append(min(shared, _NIBBLE) << 4 | min(rest, _NIBBLE))
+            if shared >= _NIBBLE:
+                self.uint(shared - _NIBBLE)
+            if rest >= _NIBBLE:
+                self.uint(rest - _NIBBLE)
+            buf += raw[shared:]
             buf += pack(value)
+            previous = raw
 
     def time(self, ts: float, base: float) -> None:
         """``ts`` exactly, in few bytes when it and ``base`` are whole milliseconds."""
@@ -158,19 +168,25 @@ class Reader:
     def raw(self, size: int) -> bytes:
         return self._bytes(size)
 
-    def text_doubles(self) -> dict[str, float]:
-        """What :meth:`Writer.text_doubles` wrote."""
+    def sorted_text_doubles(self) -> dict[str, float]:
+        """What :meth:`Writer.sorted_text_doubles` wrote (in key order)."""
         count = self.uint()
-        raw, unpack, out = self._raw, _F64.unpack_from, {}
+        raw, unpack = self._raw, _F64.unpack_from
+        out: dict[str, float] = {}
+        previous = b""
         for _ in range(count):
-            size = raw[self._pos]
-            if size < 0x80:  # inlined, as in the writer
-                self._pos += 1
-            else:
-                size = self.uint()
-            key_end = self._pos + size
-            (out[raw[self._pos : key_end].decode()],) = unpack(raw, key_end)
-            self._pos = key_end + _F64.size
+            head = raw[self._pos]
+            self._pos += 1
+            shared, rest = head >> 4, head & _NIBBLE
+            if shared == _NIBBLE:
+                shared += self.uint()
+            if rest == _NIBBLE:
+                rest += self.uint()
+            # Joined before decoding: a shared prefix may end inside a character.
+            key = previous[:shared] + self._bytes(rest)
+            (out[key.decode()],) = unpack(raw, self._pos)
+            self._pos += _F64.size
+            previous = key
         return out
 
     def time(self, base: float) -> float:

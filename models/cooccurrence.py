@@ -256,10 +256,13 @@ class Row(DecayedValue):
         self.positions[source] = position
 
     def to_bytes(self) -> bytes:
-        """Binary form (version 3, see :mod:`models.binary`): about
-        ``M * (len(item_id) + 9)`` bytes.
+        """Binary form (version 3, see :mod:`models.binary`): at most about
+        ``M * (len(item_id) + 9)`` bytes, less as the neighbours' ids share prefixes.
 
-        Exact: weights are doubles, times exact, positions varints. Float32 neighbour
+        The neighbours are written in id order (nothing reads a row's order: pruning
+        and ranking compare weights, then ids) so that an id costs only what it does
+        not share with the one before. Exact: weights are doubles, times exact,
+        positions varints. Float32 neighbour
         weights would save 4 bytes each, but the rounding, compounded over the writes
         of a row, changed the related lists of 18 of 1,449 items of the bench's backlog
         (the pruning keeps or drops a neighbour on exact comparisons; docs/BENCHMARKS.md).
@@ -271,9 +274,9 @@ class Row(DecayedValue):
         for source, position in self.positions.items():
             w.text(source)
             w.sint(position)
-        w.time(self.neighbours.landmark, base=0.0)
+        w.time(self.neighbours.landmark, base=self.ts)
         w.f64(self.neighbours.mass)
-        w.text_doubles(self.neighbours.weights)
+        w.sorted_text_doubles(self.neighbours.weights)
         return w.getvalue()
 
     @classmethod
@@ -298,9 +301,9 @@ class Row(DecayedValue):
         value = r.f64()
         ts = r.time(base=0.0)
         positions = {r.text(): r.sint() for _ in range(r.uint())}
-        landmark = r.time(base=0.0)
+        landmark = r.time(base=ts)
         mass = r.f64()
-        weights = r.text_doubles()
+        weights = r.sorted_text_doubles()
         r.end()
         return cls(value, ts, DecayedCounter(landmark, mass, weights), positions)
 

@@ -57,6 +57,31 @@ def test_strings_round_trip(texts: list[str], optional: list[str | None]) -> Non
     r.end()
 
 
+@given(st.dictionaries(st.text(), st.floats()))
+def test_sorted_keys_and_doubles_round_trip(mapping: dict[str, float]) -> None:
+    w = Writer()
+    w.sorted_text_doubles(mapping)
+    r = Reader(w.getvalue())
+    back = r.sorted_text_doubles()
+    r.end()
+    assert list(back) == sorted(mapping, key=str.encode)
+    assert {k: struct.pack("<d", v) for k, v in back.items()} == {
+        k: struct.pack("<d", v) for k, v in mapping.items()
+    }
+
+
+def test_a_key_costs_what_it_does_not_share_with_the_previous_one() -> None:
+    ids = {f"item-{n:06d}": 1.0 for n in range(100, 140)}
+    w = Writer()
+    w.sorted_text_doubles(ids)
+    # The first id whole; then "item-0001" is shared and one digit or two are new.
+    assert len(w.getvalue()) <= 1 + (1 + 11 + 8) + 39 * (1 + 2 + 8)
+    long_ids = {"x" * 40 + "a": 1.0, "x" * 40 + "b" * 20: 2.0}
+    w = Writer()
+    w.sorted_text_doubles(long_ids)
+    assert Reader(w.getvalue()).sorted_text_doubles() == long_ids
+
+
 @given(st.floats(), st.floats())
 def test_any_time_reads_back_as_the_same_float(ts: float, base: float) -> None:
     w = Writer()
