@@ -12,8 +12,8 @@ The pipeline, as the streaming agents run it (and :mod:`models.replay` offline):
 2. **Rows** (item-partitioned side). :meth:`Row.apply` folds an increment into the
    item's :class:`Row`: a decayed occurrence count and at most ``max_neighbours`` (M)
    decayed neighbour weights, pruned with the sound Misra-Gries rule of
-   :class:`~models.popularity.DecayedCounter`. A row serialises with orjson in about
-   ``M * (len(item_id) + 25)`` bytes.
+   :class:`~models.popularity.DecayedCounter`. A row encodes (:meth:`Row.to_bytes`) in
+   at most about ``M * (len(item_id) + 9)`` bytes.
 3. **Scores**. :func:`score_row` ranks a row's neighbours by log-likelihood ratio
    (default), cosine or Jaccard, and keeps the top ``top_k`` (K) for Redis. The scores
    need the neighbours' own occurrence counts, which live on other partitions, so they
