@@ -94,13 +94,15 @@ class Writer:
         self._buf += data
 
     def sorted_text_doubles(self, mapping: Mapping[str, float]) -> None:
-        """A count, then the keys in byte order, each as the length of the prefix it shares
-        with the previous key and the rest (both in one byte when below 15), each followed
-        by its value as :meth:`f64`. Similar ids (``i1692``, ``i1697``) cost their tail."""
-        self.uint(len(mapping))
-        buf, pack = self._buf, _F64.pack
+        """A count, the keys in order, each as the length of the prefix it shares with the
+        previous key and the rest (both in one byte when below 15), then the values as
+        doubles in one block. Similar ids (``i1692``, ``i1697``) cost their tail."""
+        keys = sorted(mapping)  # code point order, which is also UTF-8 byte order
+        self.uint(len(keys))
+        buf = self._buf
         previous = b""
-        for raw, value in sorted((key.encode(), value) for key, value in mapping.items()):
+        for key in keys:
+            raw = key.encode()
             shared, limit = 0, min(len(previous), len(raw))
             while shared < limit and previous[shared] == raw[shared]:
                 shared += 1
@@ -111,8 +113,8 @@ class Writer:
             if rest >= _NIBBLE:
                 self.uint(rest - _NIBBLE)
             buf += raw[shared:]
-            buf += pack(value)
             previous = raw
+        buf += struct.pack(f"<{len(keys)}d", *[mapping[key] for key in keys])
 
     def time(self, ts: float, base: float) -> None:
         """``ts`` exactly, in few bytes when it and ``base`` are whole milliseconds."""
@@ -171,8 +173,8 @@ class Reader:
     def sorted_text_doubles(self) -> dict[str, float]:
         """What :meth:`Writer.sorted_text_doubles` wrote (in key order)."""
         count = self.uint()
-        raw, unpack = self._raw, _F64.unpack_from
-        out: dict[str, float] = {}
+        raw = self._raw
+        keys: list[bytes] = []
         previous = b""
         for _ in range(count):
             head = raw[self._pos]
@@ -182,12 +184,12 @@ class Reader:
                 shared += self.uint()
             if rest == _NIBBLE:
                 rest += self.uint()
-            # Joined before decoding: a shared prefix may end inside a character.
-            key = previous[:shared] + self._bytes(rest)
-            (out[key.decode()],) = unpack(raw, self._pos)
-            self._pos += _F64.size
-            previous = key
-        return out
+            previous = previous[:shared] + self._bytes(rest)
+            keys.append(previous)
+        values = struct.unpack_from(f"<{count}d", raw, self._pos)
+        self._pos += 8 * count
+        # Decoded whole: a shared prefix may end inside a character.
+        return dict(zip([key.decode() for key in keys], values, strict=True))
 
     def time(self, base: float) -> float:
         code = self.uint()
