@@ -12,8 +12,8 @@ The pipeline, as the streaming agents run it (and :mod:`models.replay` offline):
 2. **Rows** (item-partitioned side). :meth:`Row.apply` folds an increment into the
    item's :class:`Row`: a decayed occurrence count and at most ``max_neighbours`` (M)
    decayed neighbour weights, pruned with the sound Misra-Gries rule of
-   :class:`~models.popularity.DecayedCounter`. A row serialises with orjson in about
-   ``M * (len(item_id) + 25)`` bytes.
+   :class:`~models.popularity.DecayedCounter`. A row encodes (:meth:`Row.to_bytes`) in
+   at most about ``M * (len(item_id) + 9)`` bytes.
 3. **Scores**. :func:`score_row` ranks a row's neighbours by log-likelihood ratio
    (default), cosine or Jaccard, and keeps the top ``top_k`` (K) for Redis. The scores
    need the neighbours' own occurrence counts, which live on other partitions, so they
@@ -54,14 +54,15 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from models.encoding import compact
+from models.binary import Reader, Writer
 from models.events import Event, EventType
 from models.popularity import Bound, DecayedCounter
 from models.profile import DEFAULT_EVENT_WEIGHTS, RecentItem, decay
 
 ENCODING_VERSION: Final = 1
-#: Rows carry the source positions they have applied (see :meth:`Row.applied`).
-ROW_ENCODING_VERSION: Final = 2
+#: Version 3 rows are binary; 2 and 1 were orjson arrays (1 without the source positions
+#: a row has applied, see :meth:`Row.applied`).
+ROW_ENCODING_VERSION: Final = 3
 
 
 class Scoring(StrEnum):
@@ -255,20 +256,56 @@ class Row(DecayedValue):
         self.positions[source] = position
 
     def to_bytes(self) -> bytes:
-        """Positional orjson form, about ``M * (len(item_id) + 25)`` bytes."""
-        ts = self.ts if math.isfinite(self.ts) else None
-        return compact(
-            [ROW_ENCODING_VERSION, self.value, ts, self.positions, *self.neighbours.to_list()]
-        )
+        """Binary form (version 3, see :mod:`models.binary`): at most about
+        ``M * (len(item_id) + 9)`` bytes, less as the neighbours' ids share prefixes.
+
+        The neighbours are written in id order (nothing reads a row's order: pruning
+        and ranking compare weights, then ids) so that an id costs only what it does
+        not share with the one before. Exact: weights are doubles, times exact,
+        positions varints. Float32 neighbour
+        weights would save 4 bytes each, but the rounding, compounded over the writes
+        of a row, changed the related lists of 18 of 1,449 items of the bench's backlog
+        (the pruning keeps or drops a neighbour on exact comparisons; docs/BENCHMARKS.md).
+        """
+        w = Writer(ROW_ENCODING_VERSION)
+        w.f64(self.value)
+        w.time(self.ts, base=0.0)
+        w.uint(len(self.positions))
+        for source, position in self.positions.items():
+            w.text(source)
+            w.sint(position)
+        w.time(self.neighbours.landmark, base=self.ts)
+        w.f64(self.neighbours.mass)
+        w.sorted_text_doubles(self.neighbours.weights)
+        return w.getvalue()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Row:
+        """Any version: 3 (:meth:`to_bytes`), 2 or 1 (orjson arrays, 1 without positions)."""
+        if raw[:1] == bytes((ROW_ENCODING_VERSION,)):
+            return cls._from_binary(Reader(raw, 1))
         data: list[Any] = orjson.loads(raw)
         ts = -math.inf if data[2] is None else data[2]
-        if data[0] == ROW_ENCODING_VERSION:
+        if data[0] == 2:
             return cls(data[1], ts, DecayedCounter.from_list(data[4:]), data[3])
         _check_version(data[0], "row")  # version 1: written before rows had positions
         return cls(data[1], ts, DecayedCounter.from_list(data[3:]))
+
+    @staticmethod
+    def is_encoded(raw: bytes) -> bool:
+        """Whether ``raw`` starts as a row of some version does (JSON or the version byte)."""
+        return raw[:1] in (b"[", bytes((ROW_ENCODING_VERSION,)))
+
+    @classmethod
+    def _from_binary(cls, r: Reader) -> Row:
+        value = r.f64()
+        ts = r.time(base=0.0)
+        positions = {r.text(): r.sint() for _ in range(r.uint())}
+        landmark = r.time(base=ts)
+        mass = r.f64()
+        weights = r.sorted_text_doubles()
+        r.end()
+        return cls(value, ts, DecayedCounter(landmark, mass, weights), positions)
 
 
 def score_row(

@@ -13,10 +13,9 @@ the weight they would have had, without moving ``last_ts`` backwards.
 
 Memory is bounded per user (see :class:`ProfileConfig`): at most ``max_categories``
 category weights, ``max_recent`` recent items, ``max_bought`` bought items and
-``dedupe_window`` event-id fingerprints. With the defaults the encoded profile is at most
-about 1.5 KB (ten recent items with long category names; 1.9 KB in version 1, which wrote
-the fingerprints as JSON numbers) and typically less than the 250-450 bytes measured for
-version 1 on the public REES46 and Taobao samples.
+``dedupe_window`` event-id fingerprints. Encoded (version 3, binary) the profiles of the
+bench's synthetic backlog take 396 bytes on average and 797 at most, less than half of
+version 2 (868 and 1,553 bytes), which wrote everything but the fingerprints as JSON.
 
 >>> from models.events import Event, EventType
 >>> cfg = ProfileConfig()
@@ -36,13 +35,19 @@ from typing import Any, Final
 
 import orjson
 
+from models.binary import Reader, Writer
 from models.events import Event, EventType
 
 #: Interest weight added per event type: intent grows along the funnel.
 DEFAULT_EVENT_WEIGHTS: Final = {EventType.VIEW: 1.0, EventType.CLICK: 3.0, EventType.BUY: 5.0}
 UNKNOWN_CATEGORY: Final = ""
+#: The first byte of :meth:`Profile.to_bytes` (version 1 is JSON, whose first byte is ``[``).
+PROFILE_ENCODING_VERSION: Final = 3
 #: The number of packed ``seen`` fingerprints that starts a version-2 encoding.
 _SEEN_COUNT: Final = struct.Struct("<H")
+#: Stable codes of the event types in version-3 records (never renumber one).
+_TYPE_CODES: Final = {EventType.VIEW: 0, EventType.CLICK: 1, EventType.BUY: 2}
+_TYPES: Final = {code: kind for kind, code in _TYPE_CODES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,45 +142,96 @@ class Profile:
         return self.price_log_sum / self.price_weight if self.price_weight > 1e-9 else None
 
     def to_bytes(self) -> bytes:
-        """Compact wire/table form (version 2): the ``seen`` fingerprints packed, 8 bytes
-        each, then the rest as a positional JSON array.
+        """Compact wire/table form (version 3, binary; see :mod:`models.binary`).
 
-        Packed, a dedupe window of 32 costs 258 bytes instead of about 640 as JSON digits.
+        Times are exact millisecond varints relative to ``last_ts``, weights 8-byte
+        doubles (the profile is decoded and encoded again on every event, so rounding
+        would compound and could reorder interests or move a policy threshold), each
+        category name is written once (recent items refer to it by number), the
+        ``seen`` fingerprints are packed in 8 bytes each and positions are varints.
         """
-        packed = _SEEN_COUNT.pack(len(self.seen)) + struct.pack(f">{len(self.seen)}Q", *self.seen)
-        return b"".join((bytes((2,)), packed, orjson.dumps(self._fields(2, []))))
-
-    def _fields(self, version: int, seen: list[int]) -> list[Any]:
-        return [
-            version,
-            self.user_id,
-            self.first_ts,
-            self.last_ts,
-            self.categories,
-            [self.activity, self.clicks, self.buys, self.price_log_sum, self.price_weight],
-            [[r.item_id, r.category, r.ts, r.type.value] for r in self.recent],
-            self.bought,
-            seen,
-            self.events,
-            [self.session_id, self.session_start, self.session_events],
-            self.tz,
-            self.positions,
-        ]
+        w = Writer(PROFILE_ENCODING_VERSION)
+        w.text(self.user_id)
+        last = self.last_ts
+        w.time(last, base=0.0)
+        w.time(self.first_ts, base=last)
+        names = list(self.categories)
+        number = {name: k for k, name in enumerate(names)}
+        for r in self.recent:
+            if r.category not in number:
+                number[r.category] = len(names)
+                names.append(r.category)
+        w.uint(len(names))
+        for name in names:
+            w.text(name)
+        w.uint(len(self.categories))
+        for weight in self.categories.values():
+            w.f64(weight)
+        for value in (self.activity, self.clicks, self.buys, self.price_log_sum, self.price_weight):
+            w.f64(value)
+        w.uint(len(self.recent))
+        for r in self.recent:
+            w.text(r.item_id)
+            w.uint(number[r.category] * len(_TYPE_CODES) + _TYPE_CODES[r.type])
+            w.time(r.ts, base=last)
+        w.uint(len(self.bought))
+        for item in self.bought:
+            w.text(item)
+        w.uint(len(self.seen))
+        w.raw(struct.pack(f">{len(self.seen)}Q", *self.seen))
+        w.uint(self.events)
+        w.text(self.session_id)
+        w.time(self.session_start, base=last)
+        w.uint(self.session_events)
+        w.optional_text(self.tz)
+        w.uint(len(self.positions))
+        for source, position in self.positions.items():
+            w.text(source)
+            w.sint(position)
+        return w.getvalue()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Profile:
-        """Either version: 2 (:meth:`to_bytes`) or 1 (all JSON, the fingerprints as numbers)."""
+        """Any version: 3 (:meth:`to_bytes`), 2 (packed fingerprints, then a JSON array)
+        or 1 (all JSON, the fingerprints as numbers)."""
         if raw[:1] == b"[":
             data: list[Any] = orjson.loads(raw)
             if data[0] != 1:
                 raise ValueError(f"unsupported profile encoding {data[0]!r}")
             return cls._from_fields(data, data[8])
+        if raw[:1] == bytes((PROFILE_ENCODING_VERSION,)):
+            return cls._from_binary(Reader(raw, 1))
         if raw[:1] != bytes((2,)):
             raise ValueError(f"unsupported profile encoding {raw[:1]!r}")
         (count,) = _SEEN_COUNT.unpack_from(raw, 1)
         body = 1 + _SEEN_COUNT.size + 8 * count
         seen = list(struct.unpack_from(f">{count}Q", raw, 1 + _SEEN_COUNT.size))
         return cls._from_fields(orjson.loads(memoryview(raw)[body:]), seen)
+
+    @classmethod
+    def _from_binary(cls, r: Reader) -> Profile:
+        user_id = r.text()
+        last = r.time(base=0.0)
+        first = r.time(base=last)
+        names = [r.text() for _ in range(r.uint())]
+        categories = {names[k]: r.f64() for k in range(r.uint())}
+        activity, clicks, buys, price_log_sum, price_weight = (r.f64() for _ in range(5))
+        recent = []
+        for _ in range(r.uint()):
+            item_id = r.text()
+            category, type_code = divmod(r.uint(), len(_TYPE_CODES))
+            recent.append(RecentItem(item_id, names[category], r.time(base=last), _TYPES[type_code]))
+        bought = [r.text() for _ in range(r.uint())]
+        count = r.uint()
+        seen = list(struct.unpack(f">{count}Q", r.raw(8 * count)))
+        profile = cls(
+            user_id, first, last, categories, activity, clicks, buys, price_log_sum,
+            price_weight, recent, bought, seen, events=r.uint(), session_id=r.text(),
+            session_start=r.time(base=last), session_events=r.uint(), tz=r.optional_text(),
+            positions={r.text(): r.sint() for _ in range(r.uint())},
+        )
+        r.end()
+        return profile
 
     @classmethod
     def _from_fields(cls, data: list[Any], seen: list[int]) -> Profile:

@@ -18,10 +18,13 @@ late_evening_tests=(
   "tests/integration/test_security.py::test_redis_clients_work_with_the_password_and_say_why_they_fail_without"
 )
 # Yesterday's times, so that every faked timestamp lies in the past at whatever hour CI runs.
+# An offset from the real clock, not a start time ("@..."): libfaketime starts a start-time
+# clock anew in every process, so a worker started two minutes into the run would lag the
+# test process by two minutes and see its events arrive from the future.
 for at in "yesterday 23:30" "yesterday 07:59"; do
-  fake="$(date -u -d "$at" '+%Y-%m-%d %H:%M:%S')"
+  offset_s=$(( $(date -u -d "$at" +%s) - $(date -u +%s) ))
   extra=()
   [[ $at == *23:30 ]] && extra=("${late_evening_tests[@]}")
-  say "pytest with the clock at $fake UTC (inside the default quiet hours)"
-  TZ=UTC faketime -f "@$fake" pytest -q "${quiet_hours_tests[@]}" "${extra[@]}"
+  say "pytest with the clock at $(date -u -d "$at" '+%Y-%m-%d %H:%M') UTC (inside the default quiet hours)"
+  TZ=UTC faketime -f "${offset_s}s" pytest -q "${quiet_hours_tests[@]}" "${extra[@]}"
 done

@@ -340,7 +340,7 @@ class CoocRows:
 
 def decode_row(raw: bytes) -> Row:
     """A stored row, or a partition total (stored as ``"<value>,<ts>"`` before version 2)."""
-    if raw[:1] == b"[":
+    if Row.is_encoded(raw):
         return Row.from_bytes(raw)
     total = decode_decayed(raw)
     return Row(total.value, total.ts)

@@ -28,7 +28,10 @@ all of which it deletes at the end:
    upper bound of the per-user state, as item rows, the segment model, buffers and
    allocator slack are in the difference too. ``tables`` gives the state itself: keys and
    encoded bytes of every table, read back from the changelogs; ``encoded_bytes_per_user``
-   (also ``table_bytes_per_user``) is their sum per active user.
+   (also ``table_bytes_per_user``) is their sum per active user. Then the backlog is
+   produced again under new user and event ids and drained: ``rss_marginal_bytes_per_user``
+   is the RSS growth over it per added user, the per-user cost once the buffers and
+   caches that do not scale with users have grown (the figure the 4 KiB goal judges).
 5. **Latency** (``latency_ms``). Fresh events, stamped with the wall clock as they are
    sent, are offered at ``load_share`` (50 %) of ``pipeline_eps`` for ``latency_s``
    seconds. Every decision made for them (pushed, or audited as suppressed, deferred or

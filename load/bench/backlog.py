@@ -39,6 +39,21 @@ def build_backlog(
     return list(itertools.islice(with_prefix(source, settings.topic_prefix), config.events))
 
 
+def new_users(records: Iterable[GeneratedEvent], suffix: str) -> list[GeneratedEvent]:
+    """The same events by users never seen before: ``suffix`` on every user and event id.
+
+    A second cohort like this one measures memory per *additional* user: the buffers and
+    caches the first backlog grew are already allocated, so what RSS grows by is state.
+    """
+    renamed = []
+    for record in records:
+        doc = orjson.loads(record.value)
+        doc["user_id"] = f"{doc['user_id']}{suffix}"
+        doc["event_id"] = f"{doc['event_id']}{suffix}"
+        renamed.append(record._replace(key=doc["user_id"].encode(), value=orjson.dumps(doc)))
+    return renamed
+
+
 def stamped_now(
     records: Iterable[GeneratedEvent], clock: Callable[[], float] = time.time
 ) -> Iterator[GeneratedEvent]:

@@ -16,7 +16,8 @@ GOAL_THROUGHPUT_RATIO: Final = 0.5
 GOAL_RATIO_VS_FAUST: Final = 0.8
 GOAL_P99_DECISION_MS: Final = 50.0
 #: Per active user (issue #14): the tables' encoded state, and the worker's RSS growth
-#: (memory store).
+#: (memory store) per user of a second backlog by new users, once the first one has grown
+#: the buffers and caches that do not scale with users.
 GOAL_ENCODED_BYTES_PER_USER: Final = 1024.0
 GOAL_RSS_BYTES_PER_USER: Final = 4096.0
 #: Event-time rate of the backlog: 100k events span about 100 s ending just before now,

@@ -111,7 +111,10 @@ def render_table(result: Mapping[str, Any]) -> str:
         ("  pushed only", f"{_triple(result['push_latency_ms'])} ms", ""),
         ("event→processed (histogram)", f"{_triple(result['event_lag_ms'])} ms", "worker's event-lag histogram"),
         ("RSS growth per active user", f"{result['rss_bytes_per_user']:,.0f} B",
-         f"goal {goal['rss_bytes_per_user']['goal']} B: {_verdict(goal['rss_bytes_per_user']['met'])}"),
+         "first backlog: includes the buffers and caches it grew"),
+        ("  per added user", f"{result['rss_marginal_bytes_per_user']:,.0f} B",
+         f"second backlog by new users; goal {goal['rss_bytes_per_user']['goal']} B: "
+         f"{_verdict(goal['rss_bytes_per_user']['met'])}"),
         ("  tables, encoded", f"{result['encoded_bytes_per_user']:,.0f} B",
          f"goal {goal['encoded_bytes_per_user']['goal']} B: "
          f"{_verdict(goal['encoded_bytes_per_user']['met'])}; {_split(result)}"),

@@ -9,17 +9,18 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from load.bench.backlog import build_backlog, generator_config, produce_all
+from load.bench.backlog import build_backlog, generator_config, new_users, produce_all
 from load.bench.common import BenchConfig, say
 from load.bench.kafka_state import GroupLag, clean_up, messages_per_event, table_state
 from load.bench.latency import measure_latency
 from load.bench.peers import faust_passthrough, raw_passthrough
 from load.bench.report import goals, machine_facts, versions
-from load.bench.worker import BenchWorker, measure_pipeline
-from load.generator import SyntheticWorld
+from load.bench.worker import BenchWorker, measure_pipeline, wait_handled
+from load.generator import GeneratedEvent, SyntheticWorld
 from streams.admin import create_topics
 from streams.settings import Settings, load
 
@@ -81,6 +82,28 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class Marginal:
+    """RSS after a second backlog of new users, and its growth per user of that backlog."""
+
+    rss_after: int
+    per_user: float
+
+
+async def _second_cohort(
+    settings: Settings, worker: BenchWorker, lag: GroupLag, backlog: list[GeneratedEvent],
+    rss_before: int,
+) -> Marginal:
+    cohort = new_users(backlog, "~2")
+    users = len({record.key for record in cohort})
+    say(f"second cohort: the backlog again by {users:,} new users, for RSS per added user ...")
+    await produce_all(settings, cohort)
+    await wait_handled(worker, 2 * len(backlog))
+    await lag.wait_drained()
+    rss_after = worker.rss_bytes()
+    return Marginal(rss_after, (rss_after - rss_before) / users)
+
+
 async def _measure(
     settings: Settings, env: dict[str, str], config: BenchConfig, scratch: Path
 ) -> dict[str, Any]:
@@ -107,6 +130,7 @@ async def _measure(
             rss_drained = worker.rss_bytes()
             tables = await table_state(settings)
             written = await messages_per_event(settings, len(backlog))
+            marginal = await _second_cohort(settings, worker, lag, backlog, rss_drained)
             offered = pipeline.full.eps * config.load_share
             say(f"latency: offering {offered:,.0f} events/s for {config.latency_s:.0f}s ...")
             latency = await measure_latency(settings, worker, config, world, offered)
@@ -136,6 +160,9 @@ async def _measure(
         # RSS growth per active user; bytes_per_user is its older name.
         "rss_bytes_per_user": round(memory, 1),
         "bytes_per_user": round(memory, 1),
+        # RSS growth per user of a second, equal backlog by new users (judged by the goal).
+        "rss_marginal_bytes_per_user": round(marginal.per_user, 1),
+        "rss_second_cohort_bytes": marginal.rss_after,
         "tables": tables,
         # The issue's name and the older one, for reports that compare with earlier runs.
         "encoded_bytes_per_user": round(encoded_per_user, 1),
@@ -152,5 +179,7 @@ async def _measure(
             "pipeline": round(pipeline.full.seconds, 2),
         },
         "worker_env": dict(config.worker_env),
-        "goals": goals(ratio, ratio_vs_faust, latency["latency_ms"]["p99"], memory, encoded_per_user),
+        "goals": goals(
+            ratio, ratio_vs_faust, latency["latency_ms"]["p99"], marginal.per_user, encoded_per_user
+        ),
     }

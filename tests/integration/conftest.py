@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from load import services
+from models.events import Event
 from streams import settings
 from streams.admin import create_topics
 from tests.conftest import PROJECT_ROOT, in_ci
@@ -308,6 +309,22 @@ async def delete_topics(config: settings.Settings) -> None:
             await admin.delete_topics(ours)
     finally:
         await admin.close()
+
+
+async def produce_events(config: settings.Settings, events: Iterable[Event]) -> None:
+    """Send events to their topics, keyed by user as upstream producers do; wait for acks."""
+    await produce(
+        config.kafka_bootstrap,
+        [(config.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in events],
+    )
+
+
+async def wait_for_related_rows(worker: WorkerProcess, rows: int, timeout_s: float = 30.0) -> None:
+    """Wait until the worker has written ``rows`` related-item rows: a catalogue to push from."""
+    deadline = time.monotonic() + timeout_s
+    while worker.metrics().get("nudgestream_related_items_writes_total", 0) < rows:
+        assert time.monotonic() < deadline, f"fewer than {rows} related-item rows in {timeout_s:.0f}s"
+        await asyncio.sleep(0.5)
 
 
 async def produce(

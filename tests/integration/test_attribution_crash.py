@@ -34,8 +34,9 @@ from tests.integration.conftest import (
     WorkerProcess,
     _partitions,
     decode_json,
-    produce,
+    produce_events,
     read_topic,
+    wait_for_related_rows,
 )
 from tests.integration.test_decisions_crash import DETERMINISTIC
 
@@ -140,16 +141,13 @@ async def test_a_killed_worker_credits_every_expected_conversion_exactly_once(de
     worker.wait_ready()
     now = time.time() - 60
     seed = [Event(f"s{n}", EventType.VIEW, f"seed{n}", f"pop{n % 5}", now - 100, "phones") for n in range(50)]
-    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in seed])
-    deadline = time.monotonic() + 30
-    while worker.metrics().get("nudgestream_related_items_writes_total", 0) < 5:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.5)
+    await produce_events(settings, seed)
+    await wait_for_related_rows(worker, 5)
 
     # Phase 1: one browse decision per user, pushed or held back for the control group.
     browsing = [Event(f"u{u}-{k}", EventType.VIEW, f"u{u}", f"{item}{u % 7}", now + u * 1e-3, "phones")
                 for u in range(USERS) for k, item in enumerate("ab")]
-    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in browsing])
+    await produce_events(settings, browsing)
     deadline = time.monotonic() + 90
     while True:
         pushes = [decode_json(v) for _, v in await read_topic(settings.kafka_bootstrap, settings.topics.push, until=10**6, timeout_s=2)]
@@ -171,8 +169,7 @@ async def test_a_killed_worker_credits_every_expected_conversion_exactly_once(de
     events = shopping(exposures, time.time() - 0.5)
     want = expected(exposures, events, 3600.0)
     assert {s for _, s in want} == {"click", "buy"} and len(want) > USERS
-    messages = [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in events]
-    await produce(settings.kafka_bootstrap, [m for message in messages for m in (message, message)])
+    await produce_events(settings, [twice for e in events for twice in (e, e)])
     deadline = time.monotonic() + 60
     while sum(counted(worker, "nudgestream_push_conversions_total").values()) < len(want) // 10:
         assert time.monotonic() < deadline, "no conversion before the kill"

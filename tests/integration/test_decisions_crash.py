@@ -18,7 +18,13 @@ import pytest
 from models.events import Event, EventType
 from models.policy import PolicyConfig, TriggerKind, triggers_for
 from models.profile import ProfileConfig, update
-from tests.integration.conftest import Deployment, decode_json, produce, read_topic
+from tests.integration.conftest import (
+    Deployment,
+    decode_json,
+    produce_events,
+    read_topic,
+    wait_for_related_rows,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,17 +74,13 @@ async def test_a_killed_worker_publishes_every_expected_push_exactly_once(
     now = time.time() - 60
     # A catalogue first, so every trigger finds popular items to push.
     seed = [Event(f"s{n}", EventType.VIEW, f"seed{n}", f"pop{n % 5}", now - 100, "phones") for n in range(50)]
-    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in seed])
-    deadline = time.monotonic() + 30
-    while worker.metrics().get("nudgestream_related_items_writes_total", 0) < 5:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.5)
+    await produce_events(settings, seed)
+    await wait_for_related_rows(worker, 5)
 
     events = stream(600, now)
     expected = expected_decisions(events)
     assert len(expected) >= 600
-    messages = [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in events]
-    await produce(settings.kafka_bootstrap, messages)
+    await produce_events(settings, events)
     # Kill it mid-stream: after some decisions went out, before all did.
     deadline = time.monotonic() + 60
     while worker.metrics().get('nudgestream_decisions_total{outcome="pushed",trigger="browse_interest"}', 0) < 150:

@@ -8,7 +8,13 @@ import time
 import pytest
 
 from models.events import Event, EventType
-from tests.integration.conftest import Deployment, decode_json, produce, read_topic
+from tests.integration.conftest import (
+    Deployment,
+    decode_json,
+    produce_events,
+    read_topic,
+    wait_for_related_rows,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +30,9 @@ async def test_control_group_users_get_holdout_records_and_no_push(deployment: D
         Event(f"{user}-{k}", EventType.VIEW, user, f"book{k}", now - 5 + k, "books")
         for user in users for k in range(2)
     ]
-    messages = [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in catalogue]
-    await produce(settings.kafka_bootstrap, messages)
-    deadline = time.monotonic() + 30
-    while worker.metrics().get("nudgestream_related_items_writes_total", 0) < 4:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.5)
-    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in browsing])
+    await produce_events(settings, catalogue)
+    await wait_for_related_rows(worker, 4)
+    await produce_events(settings, browsing)
 
     deadline = time.monotonic() + 40
     while True:

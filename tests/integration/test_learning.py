@@ -16,7 +16,13 @@ from models.events import Event, EventType
 from models.routing import in_holdout
 from streams.client import EventProducer
 from streams.keys import RedisKeys
-from tests.integration.conftest import Deployment, WorkerProcess, decode_json, produce, read_topic
+from tests.integration.conftest import (
+    Deployment,
+    WorkerProcess,
+    decode_json,
+    produce_events,
+    read_topic,
+)
 from tests.integration.test_decisions_crash import DETERMINISTIC
 from tests.integration.test_outcomes import wait_for
 
@@ -48,7 +54,7 @@ async def popular_lamps(deployment: Deployment, worker: WorkerProcess) -> None:
     now = time.time()
     catalogue = [Event(f"c{n}-{tag}", EventType.VIEW, f"reader{n}-{tag}", f"lamp{n % 4}", now - 60, "lamps")
                  for n in range(12)]
-    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in catalogue])
+    await produce_events(settings, catalogue)
     await wait_for(worker, lambda m: m["nudgestream_related_items_writes_total"] >= 4, "related items")
 
 
@@ -59,7 +65,7 @@ async def browse_round(deployment: Deployment, who: list[str], round_: int) -> d
     tag, now, category = uuid.uuid4().hex[:6], time.time(), f"shelf{round_}"
     views = [Event(f"{u}-{tag}-{k}", EventType.VIEW, u, f"{category}-{k}", now + k, category)
              for u in who for k in range(2)]
-    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in views])
+    await produce_events(settings, views)
     deadline = time.monotonic() + 40
     while True:
         records = [decode_json(v) for topic in (settings.topics.push, settings.topics.suppressed)
@@ -112,7 +118,7 @@ async def test_bandit_counts_reach_redis_from_pushes_and_attributed_buys(deploym
     assert pushes, decided
     buys = [Event(f"buy-{p['decision_id']}", EventType.BUY, str(p["user_id"]), str(p["items"][0]["item_id"]),
                   time.time(), "lamps") for p in pushes]
-    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in buys])
+    await produce_events(settings, buys)
 
     client = aioredis.from_url(settings.redis_url)
     key = RedisKeys.of_app(settings.app_id).learning_arms

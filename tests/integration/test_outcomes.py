@@ -20,6 +20,7 @@ from tests.integration.conftest import (
     WorkerProcess,
     decode_json,
     produce,
+    produce_events,
     read_topic,
 )
 
@@ -60,13 +61,13 @@ async def browse(deployment: Deployment, worker: WorkerProcess, users: list[str]
     now = time.time()
     tag = uuid.uuid4().hex[:6]  # new events each time: a profile skips event ids it has seen
     catalogue = [Event(f"c{n}-{tag}", EventType.VIEW, f"reader{n}-{tag}", f"lamp{n % 4}", now - 60, "lamps") for n in range(12)]
-    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in catalogue])
+    await produce_events(settings, catalogue)
     await wait_for(worker, lambda m: m["nudgestream_related_items_writes_total"] >= 4, "related items")
     browsing = [
         Event(f"{user}-{k}", EventType.VIEW, user, f"lamp{k}", now - 5 + k, "lamps")
         for user in users for k in range(2)
     ]
-    await produce(settings.kafka_bootstrap, [(settings.topics.event(e.type), e.user_id.encode(), e.to_bytes()) for e in browsing])
+    await produce_events(settings, browsing)
 
 
 async def decisions_of(deployment: Deployment, worker: WorkerProcess) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import struct
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +22,7 @@ from models.cooccurrence import (
     score_row,
 )
 from models.events import Event, EventType
+from models.popularity import DecayedCounter
 from models.profile import DEFAULT_EVENT_WEIGHTS, RecentItem
 
 VIEW, CLICK, BUY = EventType.VIEW, EventType.CLICK, EventType.BUY
@@ -217,6 +220,61 @@ def test_an_empty_row_round_trips() -> None:
     copy = Row.from_bytes(Row().to_bytes())
     assert copy.ts == -math.inf
     assert len(copy.neighbours) == 0
+
+
+def row_state(row: Row) -> tuple[object, ...]:
+    """Everything a row holds, floats bit for bit (a NaN landmark compares equal)."""
+    counter = row.neighbours
+
+    def bits(x: float) -> bytes:
+        return struct.pack("<d", x)
+
+    weights = {k: bits(w) for k, w in counter.weights.items()}
+    return bits(row.value), bits(row.ts), row.positions, bits(counter.landmark), bits(counter.mass), weights
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+rows = st.builds(
+    lambda value, ts, positions, landmark, mass, weights: Row(
+        value, ts, DecayedCounter(landmark, mass, weights), positions
+    ),
+    value=finite,
+    ts=st.just(-math.inf) | finite,
+    positions=st.dictionaries(st.text(), st.integers(-1, 2**62), max_size=12),
+    landmark=st.just(math.nan) | finite,
+    mass=finite,
+    weights=st.dictionaries(st.text(), st.floats(min_value=0, allow_infinity=False), max_size=60),
+)
+
+
+@given(rows)
+def test_a_row_reads_back_exactly(row: Row) -> None:
+    """Exact: the pruning compares weights, so a rounded weight could change a row's
+    neighbours and with them the related lists."""
+    assert row_state(Row.from_bytes(row.to_bytes())) == row_state(row)
+
+
+@given(rows)
+def test_older_row_versions_still_decode(row: Row) -> None:
+    ts = row.ts if math.isfinite(row.ts) else None
+    counter = row.neighbours.to_list()
+    version_2 = orjson.dumps([2, row.value, ts, row.positions, *counter])
+    version_1 = orjson.dumps([1, row.value, ts, *counter])
+    assert row_state(Row.from_bytes(version_2)) == row_state(row)
+    without_positions = row_state(Row.from_bytes(version_1))
+    assert without_positions == row_state(Row(row.value, row.ts, row.neighbours))
+
+
+def test_a_row_costs_about_nine_bytes_plus_its_id_per_neighbour() -> None:
+    cfg = CoocConfig()
+    row = Row()
+    for ts in range(40):
+        others = tuple((f"i{1000 + 7 * ts + k}", 1.0 + k) for k in range(3))
+        row.apply(Increment("x", 1_796_317_852.129 + ts, 1.0, others), cfg)
+        row.mark(f"v{ts % 4}", 10_000 + ts)
+    assert len(row.neighbours) > 40, "a row near its bound"
+    ids = sum(len(k) for k in row.neighbours.weights)
+    assert len(row.to_bytes()) <= ids + 9 * len(row.neighbours) + 4 * 6 + 40
 
 
 def test_decayed_value_folds_late_additions_without_moving_its_clock() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.candidates import CandidateData, Needs
+from models.profile import Profile
 from models.push_replay import PushReplay, PushReplayConfig, Record
 from streams import settings
 from tests.decision_cases import CASES, Case, Expect, candidates
@@ -20,11 +21,21 @@ class ServedReplay(PushReplay):
         return candidates(need)
 
 
+class StoredProfiles(dict[str, Profile]):
+    """Profiles kept as the stream keeps them: every one written is encoded and decoded."""
+
+    def __setitem__(self, user_id: str, profile: Profile) -> None:
+        super().__setitem__(user_id, Profile.from_bytes(profile.to_bytes()))
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["in-memory", "encoded"])
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-def test_the_replay_decides_the_case(case: Case) -> None:
+def test_the_replay_decides_the_case(case: Case, stored: bool) -> None:
     config = settings.load(case.env(START))
     records: list[Record] = []
     replay = ServedReplay(PushReplayConfig(limits=config.limits, policy=config.policy), records.append)
+    if stored:
+        replay.replay.profiles = StoredProfiles()
     for event in case.events(START, "unit"):
         replay.process(event)
     assert [
