@@ -12,6 +12,7 @@ profile (see ``models.profile``) and by deterministic decision ids.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -25,11 +26,11 @@ from models.profile import ProfileConfig
 from models.step import StepConfig
 from streams import metrics
 from streams.attribution import AttributionTracker
-from streams.batches import release, unsettled
+from streams.batches import HeldAcks, release, unsettled
 from streams.clients import faust_app, redis_client
 from streams.codecs import dlq_record
 from streams.commands import CommandAgent
-from streams.cooc_agent import CoocAgent
+from streams.cooc_agent import ROWS_CHECKPOINT, CoocAgent
 from streams.cooccurrence import FLUSH_INTERVAL_S, CoocRows, RelatedItemsStore
 from streams.decisions import DecisionEngine
 from streams.gauges import Gauges
@@ -117,7 +118,8 @@ class Worker:
         )
         self.cooc = CoocAgent(
             self.app, self.topics.cooc_pairs, cooc_table, CoocRows(cooc_config), related,
-            self.refetcher, self._released,
+            self.refetcher, HeldAcks(self.app, lambda: self.recovered_generation, "cooc"),
+            settings.state_cache_max_keys,
         )
         self.commands = CommandAgent(
             settings, deferred_topic, self.redis, self.profiles,
@@ -137,6 +139,9 @@ class Worker:
         self._every(1.0, self.decisions.fire_due)
         self._every(min(RETENTION_SWEEP_S, eraser.retention_s / 10), eraser.sweep)
         self._every(FLUSH_INTERVAL_S, self.cooc.flush_related)
+        # Also while the worker stops: Faust then waits for every held batch (wait_empty)
+        # with its timers already ended; without a checkpoint it waited until killed.
+        self._every(ROWS_CHECKPOINT[1], self.cooc.checkpoint_rows, through_stop=True)
         self._every(SNAPSHOT_INTERVAL_S, trainer.publish_segments)
         gauges = Gauges(self.app, self.topics, self.profiles, cooc_table, self.segments, self.redis)
         self._every(5.0, gauges.refresh)
@@ -151,11 +156,15 @@ class Worker:
         self._every(SAMPLE_INTERVAL_S, dashboard.sample_ctr)
         dashboard.add_pages(self.app)
 
-    def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+    def _every(
+        self, seconds: float, job: Callable[[], Awaitable[Any]], through_stop: bool = False
+    ) -> None:
         """Run ``job`` every ``seconds``; a failure is logged and counted, not fatal.
 
         An exception in a Faust timer stops the whole worker: a gauge refresh that meets
         a partition in the middle of a rebalance must not take the event path down.
+        A Faust timer ends as soon as the app starts stopping; ``through_stop`` keeps
+        ``job`` running until the app's tasks are cancelled, after its consumer stopped.
         """
         name = getattr(job, "__name__", "timer").lstrip("_")
 
@@ -167,7 +176,17 @@ class Worker:
                 log.exception("timer %s failed; it runs again in %.0f s", name, seconds)
 
         guarded.__name__ = f"timer_{name}"
-        self.app.timer(seconds)(guarded)
+        if not through_stop:
+            self.app.timer(seconds)(guarded)
+            return
+
+        async def until_cancelled() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                await guarded()
+
+        until_cancelled.__name__ = guarded.__name__
+        self.app.task(until_cancelled)
 
     def _table(self, name: str) -> TableT[bytes, bytes]:
         # key_type/value_type decide how *recovery* decodes the changelog; the schema how
@@ -196,9 +215,11 @@ class Worker:
 
     async def _on_recovered(self) -> None:
         self.recovered_generation = self.app.consumer_generation_id
+        self.cooc.cache.forget()  # the recovery may have rewritten the rows read
 
     async def _on_partitions_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         self.refetcher.forget(revoked)
+        self.cooc.cache.forget()
         if any(tp.topic == self.topics.segments_train for tp in revoked):
             # Another worker trains now; if the partition comes back, resume from its
             # checkpoint rather than from this worker's stale model.

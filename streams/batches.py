@@ -16,16 +16,21 @@ its state is not written and its offsets are not committed, so its events are de
 again — from the committed offsets, to whichever worker owns their partitions now — and
 processed from state that the rebalance's recovery cannot have overwritten. (Without
 this, a rebalance test lost blocks of about seven events per partition.)
+
+An agent with a write-behind cache (:mod:`streams.write_behind`) passes ``hold``: its
+batches are acknowledged by the cache's checkpoints, through :class:`HeldAcks`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from faust.streams import Stream
 from faust.types import AppT, EventT, StreamT
 
+from streams import metrics
 from streams.faust_internals import release_unacked
 from streams.refetch import Refetcher
 
@@ -36,13 +41,36 @@ from streams.refetch import Refetcher
 BACKGROUND_BATCH = (500, 0.1)
 
 
+@dataclass(frozen=True)
+class Taken:
+    """One batch as :func:`batches` yielded it, and what acknowledging it means."""
+
+    stream: Stream[bytes]
+    refetcher: Refetcher
+    #: The batch as the loop body saw it (refetched messages in front).
+    filled: Sequence[EventT[bytes]]
+    #: The stream's own events, and those the refetcher fetched again.
+    events: Sequence[EventT[bytes]]
+    fetched: Sequence[EventT[bytes]]
+
+    async def ack(self) -> None:
+        for event in self.events:
+            await self.stream.ack(event)
+        for event in self.fetched:
+            self.refetcher.app.consumer.ack(event.message)  # a no-op once released
+
+
 async def batches(
-    stream: StreamT[bytes], refetcher: Refetcher, bounds: tuple[int, float]
+    stream: StreamT[bytes],
+    refetcher: Refetcher,
+    bounds: tuple[int, float],
+    hold: Callable[[Taken, int], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Sequence[EventT[bytes]]]:
     """The stream's events in batches of at most ``bounds[0]`` events, after at most ``bounds[1]`` s.
 
     Messages the stream skipped are put back in front (:class:`streams.refetch.Refetcher`).
-    Each batch is acknowledged when the loop body asks for the next one, never if the
+    Each batch is acknowledged when the loop body asks for the next one — or, with
+    ``hold``, handed to it then, with its size, to be acknowledged later — never if the
     body raises or is cancelled.
     """
     # StreamT does not declare noack_take; the Stream every agent receives has it.
@@ -54,10 +82,11 @@ async def batches(
     async for events in taken:
         filled, fetched = await refetcher.fill(events)
         yield filled
-        for event in events:
-            await concrete.ack(event)
-        for event in fetched:
-            refetcher.app.consumer.ack(event.message)  # a no-op once released
+        batch = Taken(concrete, refetcher, filled, events, fetched)
+        if hold is None:
+            await batch.ack()
+        else:
+            await hold(batch, len(filled))
 
 
 def unsettled(app: AppT, events: Sequence[EventT[bytes]], recovered_generation: int) -> bool:
@@ -88,3 +117,29 @@ def release(refetcher: Refetcher, events: Sequence[EventT[bytes]]) -> None:
     # Marked acknowledged, so the batch's own acknowledgement leaves them alone.
     release_unacked(refetcher.app.consumer, (event.message for event in events))
     refetcher.rewind(events)
+
+
+class HeldAcks:
+    """The :class:`streams.write_behind.Acks` of an agent's held batches.
+
+    A checkpoint writes their state only if none of them overlapped a rebalance or a
+    recovery (:func:`unsettled`, over every held event), else releases them all.
+    """
+
+    def __init__(self, app: AppT, recovered_generation: Callable[[], int], agent: str) -> None:
+        self.app = app
+        self.recovered_generation = recovered_generation
+        self.agent = agent
+
+    def settled(self, held: list[Taken]) -> bool:
+        events = [event for taken in held for event in taken.filled]
+        return not unsettled(self.app, events, self.recovered_generation())
+
+    async def ack(self, held: list[Taken]) -> None:
+        for taken in held:
+            await taken.ack()
+
+    def release(self, held: list[Taken]) -> None:
+        for taken in held:
+            release(taken.refetcher, taken.filled)
+        metrics.BATCHES_RELEASED.labels(agent=self.agent).inc(len(held))

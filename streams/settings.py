@@ -78,6 +78,10 @@ class RawSettings:
         "PRODUCER_MAX_BATCH_BYTES", "524288",
         "largest producer batch per partition (bytes, 16384-1000000: below the broker's message.max.bytes)",
     )
+    state_cache_max_keys: str = setting(
+        "STATE_CACHE_MAX_KEYS", "50000",
+        "unchanged table values a write-behind cache keeps in memory (integer, 0-10000000; changed ones are always kept until written)",
+    )
     max_future_skew_s: str = setting("MAX_FUTURE_SKEW_S", "300", "future event-time tolerance (s)")
     profile_half_life_s: str = setting("PROFILE_HALF_LIFE_S", "21600", "interest half-life (s)")
     pseudonym_key: str = setting("PSEUDONYM_KEY", "", "secret key for user pseudonyms in logs")
@@ -138,6 +142,7 @@ class Settings:
     batch_wait_s: float
     producer_buffer_max_messages: int
     producer_max_batch_bytes: int
+    state_cache_max_keys: int
     profile_half_life_s: float
     pseudonym_key: bytes
     default_tz: str
@@ -238,6 +243,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         producer_max_batch_bytes=parse(
             "PRODUCER_MAX_BATCH_BYTES", raw.producer_max_batch_bytes, int_between(16_384, 1_000_000)
+        ),
+        state_cache_max_keys=parse(
+            "STATE_CACHE_MAX_KEYS", raw.state_cache_max_keys, int_between(0, 10_000_000)
         ),
         profile_half_life_s=parse("PROFILE_HALF_LIFE_S", raw.profile_half_life_s, positive_float),
         pseudonym_key=raw.pseudonym_key.encode(),

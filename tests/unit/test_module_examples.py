@@ -12,10 +12,10 @@ from types import ModuleType
 
 import pytest
 
-from streams import cli, config_values, faust_internals
+from streams import cli, config_values, faust_internals, write_behind
 
 
-@pytest.mark.parametrize("module", [cli, config_values, faust_internals], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [cli, config_values, faust_internals, write_behind], ids=lambda m: m.__name__)
 def test_the_module_examples_run(module: ModuleType) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

@@ -20,6 +20,7 @@ def test_defaults_parse_and_point_at_the_local_services() -> None:
     # Faust's own buffer limit (100) stops every stream under load (docs/BENCHMARKS.md).
     assert settings.producer_buffer_max_messages == 20_000
     assert settings.producer_max_batch_bytes == 512 * 1024
+    assert settings.state_cache_max_keys == 50_000
 
 
 @pytest.mark.parametrize(
@@ -36,6 +37,8 @@ def test_defaults_parse_and_point_at_the_local_services() -> None:
         ("NUDGESTREAM_PRODUCER_BUFFER_MAX_MESSAGES", "10", "between 100 and 1000000"),
         ("NUDGESTREAM_PRODUCER_MAX_BATCH_BYTES", "1024", "between 16384 and 1000000"),
         ("NUDGESTREAM_PRODUCER_MAX_BATCH_BYTES", "2000000", "between 16384 and 1000000"),
+        ("NUDGESTREAM_STATE_CACHE_MAX_KEYS", "-1", "between 0 and 10000000"),
+        ("NUDGESTREAM_STATE_CACHE_MAX_KEYS", "many", "integer"),
         ("NUDGESTREAM_DEFAULT_TZ", "Mars/Olympus", "IANA zone"),
         ("NUDGESTREAM_PROFILE_HALF_LIFE_S", "-5", "positive number"),
         ("NUDGESTREAM_KAFKA_SECURITY_PROTOCOL", "TLS", "SASL_SSL"),
