@@ -36,6 +36,7 @@ from streams.decisions import DecisionEngine
 from streams.gauges import Gauges
 from streams.ingest import IngestAgent, IngestTopics
 from streams.learning import LiveLearning
+from streams.loop_lag import watch_loop_lag
 from streams.outcomes import OutcomeTracker
 from streams.page import SAMPLE_INTERVAL_S, Dashboard
 from streams.pages import add_pages
@@ -135,6 +136,7 @@ class Worker:
         self.app.agent(self.outcomes.topic, name="outcomes")(self.outcomes.consume)
         self.app.agent(segments_train_topic, name="segment-trainer")(trainer.consume)
         self.app.task(self.segments.run)
+        self.app.task(watch_loop_lag)
         eraser = self.commands.eraser
         self._every(1.0, self.decisions.fire_due)
         self._every(min(RETENTION_SWEEP_S, eraser.retention_s / 10), eraser.sweep)

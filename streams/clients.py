@@ -12,7 +12,7 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 
-from streams.faust_internals import set_producer_buffer_limit
+from streams.faust_internals import set_fetch_max_wait, set_producer_buffer_limit
 from streams.settings import Settings
 
 
@@ -62,7 +62,13 @@ def faust_app(settings: Settings) -> faust.App:
         # time (docs/BENCHMARKS.md). The buffer is still drained before every commit.
         set_producer_buffer_limit(app, settings.producer_buffer_max_messages)
 
+    async def shorten_fetch_wait(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        # Faust holds a fetch up to 1.5 s; with aiokafka's one fetch in flight, events
+        # waited that long behind a fetch of quiet partitions (docs/BENCHMARKS.md, #14).
+        set_fetch_max_wait(app, settings.fetch_max_wait_ms)
+
     app.task(raise_producer_buffer_limit)
+    app.on_partitions_assigned.connect(shorten_fetch_wait)  # type: ignore[arg-type]
     return app
 
 

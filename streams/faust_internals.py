@@ -4,8 +4,9 @@ Faust has no public call for a few things the worker needs: the committed offset
 partition (consumer lag, :mod:`streams.refetch`), letting go of messages without
 acknowledging them (:func:`streams.batches.release`), naming the event a table write
 belongs to outside the agent's own task (:func:`acting_for`), whether table recovery
-has completed (``/readyz``), and the size of the producer's buffer of table writes
-(:func:`set_producer_buffer_limit`). Each is a named function here; nothing else in the project
+has completed (``/readyz``), the size of the producer's buffer of table writes
+(:func:`set_producer_buffer_limit`) and how long the broker may hold a fetch
+(:func:`set_fetch_max_wait`). Each is a named function here; nothing else in the project
 reads a private Faust attribute. ``tests/unit/test_faust_internals.py`` checks each
 assumption against the installed Faust, and :func:`check_faust_version` stops a worker
 at start on a release they were not checked against.
@@ -103,3 +104,18 @@ def set_producer_buffer_limit(app: AppT, max_messages: int) -> None:
     producer, so call this from a task the started app runs.
     """
     app.producer.buffer.max_messages = max_messages
+
+
+def set_fetch_max_wait(app: AppT, max_wait_ms: int) -> None:
+    """How long the broker may hold the worker's fetch requests for data (Faust: 1,500 ms).
+
+    aiokafka keeps one fetch in flight per broker, and leaves out of it every partition
+    whose records the consumer has not taken yet. Such a fetch can cover only quiet
+    partitions: the broker then holds it for the whole wait, and events arriving meanwhile
+    on the partitions left out wait with it (issue #14: the stream got nothing for up to
+    1.3 s at a time). Faust hard-codes the wait when it builds the consumer; the fetcher
+    reads it for each request, so the consumer must have started (call this once the
+    partitions are assigned).
+    """
+    consumer = app.consumer._thread._consumer  # type: ignore[attr-defined]
+    consumer._fetcher._fetch_max_wait_ms = max_wait_ms

@@ -75,6 +75,14 @@ EVENT_LAG = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+#: Lateness of the loop (streams.loop_lag): finer than LATENCY_BUCKETS at the low end,
+#: where a healthy loop is.
+EVENT_LOOP_LAG = Histogram(
+    "nudgestream_event_loop_lag_seconds",
+    "How much later than asked a short sleep on the worker's event loop woke: the time the loop ran something else.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
 PROFILES = Gauge(
     "nudgestream_profiles",
     "User profiles held by this worker's active partitions.",

@@ -70,6 +70,10 @@ class RawSettings:
     batch_wait_ms: str = setting(
         "BATCH_WAIT_MS", "5", "longest wait of the ingest agent for a fuller batch (integer ms, 1-1000)"
     )
+    fetch_max_wait_ms: str = setting(
+        "FETCH_MAX_WAIT_MS", "20",
+        "longest time the broker holds a fetch of the worker's consumer for data (integer ms, 1-1500)",
+    )
     producer_buffer_max_messages: str = setting(
         "PRODUCER_BUFFER_MAX_MESSAGES", "20000",
         "table writes Faust may hold unsent before it stops every stream to drain them (100-1000000)",
@@ -140,6 +144,7 @@ class Settings:
     max_future_skew_s: float
     batch_max_events: int
     batch_wait_s: float
+    fetch_max_wait_ms: int
     producer_buffer_max_messages: int
     producer_max_batch_bytes: int
     state_cache_max_keys: int
@@ -238,6 +243,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         max_future_skew_s=parse("MAX_FUTURE_SKEW_S", raw.max_future_skew_s, positive_float),
         batch_max_events=parse("BATCH_MAX_EVENTS", raw.batch_max_events, int_between(1, 10_000)),
         batch_wait_s=parse("BATCH_WAIT_MS", raw.batch_wait_ms, int_between(1, 1000)) / 1000.0,
+        fetch_max_wait_ms=parse("FETCH_MAX_WAIT_MS", raw.fetch_max_wait_ms, int_between(1, 1500)),
         producer_buffer_max_messages=parse(
             "PRODUCER_BUFFER_MAX_MESSAGES", raw.producer_buffer_max_messages, int_between(100, 1_000_000)
         ),

@@ -28,6 +28,7 @@ from streams.faust_internals import (
     committed_offset,
     recovery_completed,
     release_unacked,
+    set_fetch_max_wait,
 )
 from tests.conftest import PROJECT_ROOT
 
@@ -119,3 +120,22 @@ def test_recovery_completed_follows_the_table_recovery(app: faust.App) -> None:
     assert recovery_completed(app) is False
     app.tables.recovery.completed.set()  # type: ignore[attr-defined]  # as Recovery does when done
     assert recovery_completed(app) is True
+
+
+async def test_the_fetch_wait_faust_hard_codes_is_replaced_on_the_running_fetcher(app: faust.App) -> None:
+    from aiokafka.consumer.fetcher import Fetcher
+
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    thread._consumer = thread._create_consumer(loop=asyncio.get_running_loop())
+    consumer = thread._consumer
+    assert consumer._fetch_max_wait_ms == 1500  # what Faust builds its consumer with
+    # What AIOKafkaConsumer.start() creates, minus the connection it makes first.
+    consumer._fetcher = Fetcher(
+        consumer._client, consumer._subscription, fetch_max_wait_ms=consumer._fetch_max_wait_ms
+    )
+    try:
+        set_fetch_max_wait(app, 20)
+        assert consumer._fetcher._fetch_max_wait_ms == 20
+    finally:
+        await consumer._fetcher.close()
+        await consumer._client.close()
