@@ -165,10 +165,10 @@ class Profile:
         for name in names:
             w.text(name)
         w.uint(len(self.categories))
-        for weight in self.categories.values():
-            w.f64(weight)
-        for value in (self.activity, self.clicks, self.buys, self.price_log_sum, self.price_weight):
-            w.f64(value)
+        w.f64s([
+            *self.categories.values(),
+            self.activity, self.clicks, self.buys, self.price_log_sum, self.price_weight,
+        ])
         w.uint(len(self.recent))
         for r in self.recent:
             w.text(r.item_id)
@@ -214,8 +214,12 @@ class Profile:
         last = r.time(base=0.0)
         first = r.time(base=last)
         names = [r.text() for _ in range(r.uint())]
-        categories = {names[k]: r.f64() for k in range(r.uint())}
-        activity, clicks, buys, price_log_sum, price_weight = (r.f64() for _ in range(5))
+        count = r.uint()
+        if count > len(names):
+            raise ValueError(f"{count} category weights for {len(names)} names")
+        *weights, activity, clicks, buys, price_log_sum, price_weight = r.f64s(count + 5)
+        # The recent items' own categories follow the weighted ones in ``names``.
+        categories = dict(zip(names, weights, strict=False))
         recent = []
         for _ in range(r.uint()):
             item_id = r.text()
