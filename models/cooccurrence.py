@@ -54,6 +54,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
+from models.association import cosine, jaccard, log_likelihood_ratio
 from models.binary import Reader, Writer
 from models.events import Event, EventType
 from models.popularity import Bound, DecayedCounter
@@ -337,38 +338,10 @@ def score_row(
     return scored[: config.top_k]
 
 
-def log_likelihood_ratio(both: float, n_a: float, n_b: float, total: float) -> float:
-    """Dunning's G2 for the association of A and B, 0 if they are not positively associated.
-
-    ``both`` = c(A,B), ``n_a`` = n(A) and ``n_b`` = n(B) are (decayed, possibly
-    fractional) counts; ``total`` is N. The 2x2 table is clamped to non-negative cells
-    because decayed, pruned counts can be slightly inconsistent.
-    """
-    k11 = both
-    k12 = max(n_a - both, 0.0)
-    k21 = max(n_b - both, 0.0)
-    k22 = max(total - n_a - n_b + both, 0.0)
-    if k11 * (k21 + k22) <= k21 * (k11 + k12):
-        return 0.0  # P(B | A) <= P(B | not A): no positive association
-    # G2 = 2 * sum k_ij ln(k_ij N / (row_i col_j)), expanded into x ln x terms.
-    xlx = _x_log_x
-    cells = xlx(k11) + xlx(k12) + xlx(k21) + xlx(k22)
-    margins = xlx(k11 + k12) + xlx(k21 + k22) + xlx(k11 + k21) + xlx(k12 + k22)
-    return max(0.0, 2.0 * (cells + xlx(k11 + k12 + k21 + k22) - margins))
-
-
-def _cosine(both: float, n_a: float, n_b: float, total: float) -> float:
-    return both / math.sqrt(n_a * n_b)
-
-
-def _jaccard(both: float, n_a: float, n_b: float, total: float) -> float:
-    return both / (n_a + n_b - both)
-
-
 _SCORERS: Final = {
     Scoring.LLR: log_likelihood_ratio,
-    Scoring.COSINE: _cosine,
-    Scoring.JACCARD: _jaccard,
+    Scoring.COSINE: cosine,
+    Scoring.JACCARD: jaccard,
 }
 
 
@@ -395,10 +368,6 @@ def blend_related(
                 totals[item] = totals.get(item, 0.0) + score * scale
     ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
     return [item for item, _ in ranked[:n]]
-
-
-def _x_log_x(x: float) -> float:
-    return x * math.log(x) if x > 0 else 0.0
 
 
 def _check_version(version: object, what: str) -> None:

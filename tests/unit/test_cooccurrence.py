@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.association import log_likelihood_ratio
 from models.cooccurrence import (
     CoocConfig,
     DecayedValue,
@@ -17,7 +18,6 @@ from models.cooccurrence import (
     Row,
     Scoring,
     blend_related,
-    log_likelihood_ratio,
     pair_increments,
     score_row,
 )
